@@ -1,0 +1,57 @@
+"""Gauntlet: a plugin-based security evaluation of machine-learning models.
+
+The public API. Plugins import only from here::
+
+    from gauntlet import hookimpl, Attack, Family, Access, EvasionOutcome
+"""
+from __future__ import annotations
+
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("gauntlet")
+
+from gauntlet.attack import Attack, Family  # noqa: E402
+from gauntlet.dataset import Dataset  # noqa: E402
+from gauntlet.defense import Defense, Stage  # noqa: E402
+from gauntlet.errors import (  # noqa: E402
+    ConfigError,
+    DataError,
+    GauntletError,
+    ModelLoadError,
+    NotApplicable,
+    PluginError,
+)
+from gauntlet.metric import Metric, MetricValue, proportion, wilson  # noqa: E402
+from gauntlet.model import Access, Model, Recipe  # noqa: E402
+from gauntlet.outcome import (  # noqa: E402
+    CleanOutcome,
+    EvasionOutcome,
+    ExtractionOutcome,
+    MembershipOutcome,
+    Outcome,
+    PoisoningOutcome,
+    Predictions,
+    ProbeOutcome,
+)
+
+__version__ = "0.1.0"
+
+
+def audit(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """Run an audit; see :func:`gauntlet.api.audit`."""
+    from gauntlet.api import audit as _audit
+
+    return _audit(*args, **kwargs)
+
+
+__all__ = [
+    "Access", "Attack", "CleanOutcome", "ConfigError", "DataError", "Dataset", "Defense",
+    "EvasionOutcome", "ExtractionOutcome", "Family", "GauntletError", "MembershipOutcome",
+    "Metric", "MetricValue", "Model", "ModelLoadError", "NotApplicable", "Outcome",
+    "PluginError", "PoisoningOutcome", "Predictions", "ProbeOutcome", "Recipe", "Stage",
+    "__version__", "audit", "hookimpl", "proportion", "wilson",
+]
+
+from gauntlet.training import train_classifier  # noqa: E402
+
+__all__ += ["train_classifier"]

@@ -1,0 +1,98 @@
+"""Gauntlet's hook specifications: the reference a plugin author reads.
+
+A plugin is a module (or object) with functions decorated ``@gauntlet.hookimpl`` and
+named after these specs. Register it under the ``gauntlet`` entry-point group::
+
+    [project.entry-points.gauntlet]
+    my_plugin = "my_package.my_module"
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from gauntlet.attack import Attack
+    from gauntlet.dataset import Dataset
+    from gauntlet.defense import Defense
+    from gauntlet.metric import Metric
+    from gauntlet.model import Model
+
+hookspec = pluggy.HookspecMarker("gauntlet")
+
+
+@hookspec(firstresult=True)
+def load_model(spec: str, options: Mapping[str, Any]) -> Model | None:
+    """Return a Model for ``spec`` if this plugin understands it, else None.
+
+    :param spec: what the user named as the model: a file path (``cnn.pt``,
+        ``model.safetensors``, ``net.pt2``) or a scheme (``builtin:digits-cnn``).
+    :param options: the ``[model]`` table of the audit config, less ``spec``:
+        e.g. ``arch`` (``package.module:factory``), ``input_shape``, ``n_classes``,
+        and ``dataset`` (the loaded :class:`gauntlet.Dataset`, for loaders that train).
+
+    Stops at the first non-None result. Raise :class:`gauntlet.ModelLoadError` for a
+    file this plugin recognises but refuses (e.g. one that needs unpickling).
+    """
+
+
+@hookspec(firstresult=True)
+def load_dataset(spec: str, options: Mapping[str, Any]) -> Dataset | None:
+    """Return a Dataset for ``spec`` if this plugin understands it, else None.
+
+    :param spec: what the user named as the data, e.g. ``sklearn:digits``,
+        ``idx:/usr/share/datasets/fashion-mnist``, ``npz:data.npz``.
+    :param options: the ``[data]`` table of the audit config, less ``spec``.
+
+    Stops at the first non-None result. Raise :class:`gauntlet.DataError` for data this
+    plugin recognises but cannot read.
+    """
+
+
+@hookspec
+def register_attacks(register: Callable[[type[Attack]], None]) -> None:
+    """Register Attack classes.
+
+    :param register: call ``register(cls)`` once per Attack class; it validates the
+        class, rejects a name another plugin already took and records this plugin as
+        its source.
+
+    Called once per plugin after every plugin is loaded; return values are ignored.
+    """
+
+
+@hookspec
+def register_defenses(register: Callable[[type[Defense]], None]) -> None:
+    """Register Defense classes.
+
+    :param register: call ``register(cls)`` once per Defense class (validated and
+        recorded as for attacks).
+
+    Called once per plugin after every plugin is loaded; return values are ignored.
+    """
+
+
+@hookspec
+def register_metrics(register: Callable[[type[Metric]], None]) -> None:
+    """Register Metric classes.
+
+    :param register: call ``register(cls)`` once per Metric class (validated and
+        recorded as for attacks).
+
+    Called once per plugin after every plugin is loaded; return values are ignored.
+    """
+
+
+@hookspec
+def report_sections(result: Mapping[str, Any]) -> list[Mapping[str, str]] | None:
+    """Return extra sections for the HTML report, or None.
+
+    :param result: the audit's results as written to ``results.json`` (plain data:
+        ``cells``, ``metrics``, ``provenance``, ``config``).
+
+    Each section is a mapping with ``title`` and ``text``; both are rendered as escaped
+    text (a plugin never injects markup into a report). Sections from every plugin are
+    appended after the built-in ones; a plugin that raises is skipped and logged.
+    """

@@ -1,0 +1,82 @@
+"""The Metric interface, and the intervals that sampled numbers carry."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, ClassVar
+
+from gauntlet.errors import PluginError
+
+if TYPE_CHECKING:
+    from gauntlet.outcome import Outcome
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricValue:
+    """A number with the sample size it rests on and, where sampling makes one
+    meaningful, a 95% interval ``[low, high]``."""
+
+    value: float
+    n: int
+    low: float | None = None
+    high: float | None = None
+
+
+def wilson(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion (95% by default)."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def proportion(successes: float, n: int) -> MetricValue:
+    """A proportion with its Wilson interval."""
+    low, high = wilson(successes, n)
+    return MetricValue(successes / n if n else math.nan, n, low, high)
+
+
+class Metric:
+    """Base class of metrics.
+
+    Subclasses set ``name``, ``title`` (for the report), ``applies_to`` (Outcome types),
+    ``higher_is_better`` (for the defender), ``bounds`` (the value range, for colouring;
+    None if unbounded) and implement :meth:`compute`.
+    """
+
+    kind: ClassVar[str] = "metric"
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    applies_to: ClassVar[tuple[type, ...]] = ()
+    higher_is_better: ClassVar[bool] = True
+    bounds: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
+
+    def compute(self, outcome: Outcome) -> MetricValue | float:
+        """Return the metric for ``outcome`` (a bare float is taken with n = outcome.n)."""
+        raise NotImplementedError
+
+    def applies(self, outcome: Outcome) -> bool:
+        return isinstance(outcome, self.applies_to)
+
+    def evaluate(self, outcome: Outcome) -> MetricValue:
+        result = self.compute(outcome)
+        if isinstance(result, MetricValue):
+            return result
+        return MetricValue(float(result), outcome.n)
+
+    @classmethod
+    def description(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0].strip() if doc else ""
+
+    @classmethod
+    def validate_class(cls) -> None:
+        if not cls.name:
+            raise PluginError(f"{cls.__qualname__} has no name")
+        if not cls.description():
+            raise PluginError(f"metric {cls.name!r} ({cls.__qualname__}) has no docstring")
+        if not cls.applies_to:
+            raise PluginError(f"metric {cls.name!r}: applies_to names no outcome type")

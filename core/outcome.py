@@ -1,0 +1,161 @@
+"""What an attack returns: one typed outcome per threat family.
+
+Metrics declare which outcome types they apply to; the runner computes every metric
+whose ``applies_to`` matches. ``artifacts()`` returns small JSON-able data the report
+draws (ROC curves, histograms); big arrays are never stored.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Outcome:
+    """Base of every outcome."""
+
+    def artifacts(self) -> dict[str, Any]:
+        """Small JSON-able data for the report (curves, histograms)."""
+        return {}
+
+    @property
+    def n(self) -> int:
+        """The number of samples the outcome's numbers rest on."""
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class Predictions(Outcome):
+    """A model's class probabilities on labelled inputs.
+
+    :param y_true: true labels, shape ``(N,)``.
+    :param proba: probabilities on the evaluated inputs, shape ``(N, C)``.
+    """
+
+    y_true: np.ndarray
+    proba: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(len(self.y_true))
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return self.proba.argmax(axis=1)
+
+
+@dataclasses.dataclass
+class CleanOutcome(Predictions):
+    """The defended model on unmodified test inputs: the baseline of every row."""
+
+
+@dataclasses.dataclass
+class EvasionOutcome(Predictions):
+    """Predictions on adversarial inputs (``proba``) beside those on the clean ones.
+
+    :param proba_clean: probabilities on the clean inputs, same model, same rows.
+    :param linf: the largest L-infinity distance between an adversarial input and its
+        clean original (measured, not assumed).
+    :param queries: model queries spent, when the attack counts them.
+    """
+
+    proba_clean: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    linf: float = 0.0
+    queries: int | None = None
+
+
+@dataclasses.dataclass
+class PoisoningOutcome(Predictions):
+    """The poisoned model's probabilities on the clean test set (``proba``).
+
+    :param proba_reference: the same architecture trained by the same recipe and seed on
+        the unpoisoned training set, on the same test rows: the damage is the difference.
+    :param n_poisoned: training rows the attacker changed or added.
+    :param n_train: training rows in all.
+    :param proba_triggered: for backdoors, probabilities on triggered test inputs.
+    :param target: for targeted backdoors, the attacker's target class.
+    """
+
+    proba_reference: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    n_poisoned: int = 0
+    n_train: int = 0
+    proba_triggered: np.ndarray | None = None
+    target: int | None = None
+
+
+@dataclasses.dataclass
+class MembershipOutcome(Outcome):
+    """Membership scores (higher means "member") on held-out evaluation rows.
+
+    :param scores_members: scores of training rows (true members).
+    :param scores_nonmembers: scores of rows the model never saw.
+    :param threshold: the decision threshold the attack chose on its calibration half
+        (score >= threshold means "member").
+    """
+
+    scores_members: np.ndarray
+    scores_nonmembers: np.ndarray
+    threshold: float
+
+    @property
+    def n(self) -> int:
+        return int(len(self.scores_members) + len(self.scores_nonmembers))
+
+    def labels_and_scores(self) -> tuple[np.ndarray, np.ndarray]:
+        y = np.r_[np.ones(len(self.scores_members)), np.zeros(len(self.scores_nonmembers))]
+        s = np.r_[self.scores_members, self.scores_nonmembers].astype(np.float64)
+        return y, s
+
+    def artifacts(self) -> dict[str, Any]:
+        from sklearn.metrics import roc_curve
+
+        y, s = self.labels_and_scores()
+        fpr, tpr, _ = roc_curve(y, s)
+        # Thin long curves: the report needs the shape, not every threshold.
+        if len(fpr) > 200:
+            keep = np.unique(np.linspace(0, len(fpr) - 1, 200).round().astype(int))
+            fpr, tpr = fpr[keep], tpr[keep]
+        return {"roc": {"fpr": [round(float(v), 5) for v in fpr],
+                        "tpr": [round(float(v), 5) for v in tpr]}}
+
+
+@dataclasses.dataclass
+class ProbeOutcome(Outcome):
+    """What the model answers on inputs that belong to no class.
+
+    :param proba: probabilities on the probe inputs, shape ``(N, C)``.
+    """
+
+    proba: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(len(self.proba))
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.proba.argmax(axis=1), minlength=self.proba.shape[1])
+
+    def artifacts(self) -> dict[str, Any]:
+        return {"histogram": {"counts": [int(c) for c in self.class_counts()]}}
+
+
+@dataclasses.dataclass
+class ExtractionOutcome(Outcome):
+    """A substitute model stolen through queries, compared with the victim.
+
+    :param y_true: true labels of the test rows.
+    :param proba_victim: the victim's probabilities on the test rows.
+    :param proba_substitute: the substitute's probabilities on the same rows.
+    :param queries: victim queries the theft spent.
+    """
+
+    y_true: np.ndarray
+    proba_victim: np.ndarray
+    proba_substitute: np.ndarray
+    queries: int
+
+    @property
+    def n(self) -> int:
+        return int(len(self.y_true))
