@@ -1,0 +1,146 @@
+"""The ``gauntlet`` command: ``audit``, ``plugins`` and ``report``.
+
+Bad input (a GauntletError) ends with one line on stderr and exit code 2, never a
+traceback; an interrupted audit ends with 130 and keeps the cells already finished.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gauntlet.errors import ConfigError, GauntletError
+
+log = logging.getLogger("gauntlet")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse's own usage errors are bad input too: exit 2, one clear line.
+        self.print_usage(sys.stderr)
+        print(f"gauntlet: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    import gauntlet
+
+    p = _Parser(prog="gauntlet", description="Audit a machine-learning model against "
+                "attacks and defenses; write an HTML report with JSON and CSV results.")
+    p.add_argument("--version", action="version", version=f"gauntlet {gauntlet.__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    a = sub.add_parser("audit", help="run an audit (no arguments: the embedded digits demo)")
+    a.add_argument("config", nargs="?", help="audit TOML file (default: the built-in demo)")
+    a.add_argument("--model", help="builtin:cnn, builtin:mlp, or a model file")
+    a.add_argument("--arch", help="package.module:factory for a state_dict/safetensors file")
+    a.add_argument("--data", help="sklearn:digits, idx:DIR or npz:FILE")
+    a.add_argument("--attacks", help="comma-separated attack names (default: all)")
+    a.add_argument("--defenses", help="comma-separated defense names (default: all)")
+    a.add_argument("--out", help="output folder (default: gauntlet-report)")
+    a.add_argument("--seed", type=int, help="random seed (same seed, same numbers)")
+    a.add_argument("--samples", type=int, help="test rows evaluated per cell (0 = all)")
+    a.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    pl = sub.add_parser("plugins", help="list installed plugins and what each provides")
+    pl.add_argument("--json", action="store_true", help="print a JSON list")
+
+    r = sub.add_parser("report", help="re-render report.html from a results.json")
+    r.add_argument("results", help="results.json written by an audit")
+    r.add_argument("--out", help="HTML file to write (default: beside results.json)")
+    return p
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from gauntlet import config as config_mod
+    from gauntlet.api import audit
+
+    cfg = config_mod.load(args.config) if args.config else config_mod.AuditConfig()
+    cfg = config_mod.override(cfg, model=args.model, data=args.data, attacks=args.attacks,
+                              defenses=args.defenses, out=args.out, seed=args.seed,
+                              samples=args.samples)
+    if args.arch:
+        cfg.model_options["arch"] = args.arch
+    progress = not args.no_progress and sys.stderr.isatty()
+    if not progress:
+        log.info("running audit of %s on %s", cfg.model, cfg.data)
+    result = audit(config=cfg, progress=progress, out=cfg.out)
+    counts = {s: sum(c["status"] == s for c in result.cells)
+              for s in ("ok", "not_applicable", "error")}
+    out = Path(cfg.out)
+    print(f"audited {cfg.model} on {cfg.data}: {len(result.cells)} cells "
+          f"({counts['ok']} ok, {counts['not_applicable']} not applicable, "
+          f"{counts['error']} errors)")
+    for c in result.cells:
+        if c["status"] == "error":
+            print(f"  error in {c['defense']} / {c['attack']} {c['attack_point']}: "
+                  f"{c['reason']}", file=sys.stderr)
+    print(f"report: {out / 'report.html'}\nresults: {out / 'results.json'}, "
+          f"{out / 'results.csv'}")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from gauntlet.registry import make_registry
+
+    rows = make_registry().describe()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    widths = {"kind": 8, "name": 18, "group": 16, "source": 24}
+    print(f"{'KIND':<8} {'NAME':<18} {'FAMILY/STAGE':<16} {'FROM':<24} DESCRIPTION")
+    for row in rows:
+        source = f"{row['distribution']} {row['version']}".strip()
+        print(f"{row['kind']:<{widths['kind']}} {row['name']:<{widths['name']}} "
+              f"{row['group']:<{widths['group']}} {source:<{widths['source']}} "
+              f"{row['description']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from gauntlet.api import AuditResult
+    from gauntlet.registry import make_registry
+
+    path = Path(args.results)
+    try:
+        data: Any = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"results file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not a results.json: {exc}") from None
+    if not isinstance(data, dict) or "cells" not in data:
+        raise ConfigError(f"{path} is not a results.json written by gauntlet")
+    from gauntlet.reports.html import write_report
+
+    target = Path(args.out) if args.out else path.with_name("report.html")
+    sections = AuditResult(data, make_registry()).sections()
+    print(f"report: {write_report(data, target, sections)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="gauntlet: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handler = {"audit": cmd_audit, "plugins": cmd_plugins, "report": cmd_report}
+    try:
+        return handler[args.command](args)
+    except GauntletError as exc:
+        print(f"gauntlet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gauntlet: interrupted; finished cells are in cells.jsonl", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

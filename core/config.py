@@ -1,0 +1,195 @@
+"""Audit configuration: parse TOML, merge CLI overrides, validate with clear errors.
+
+An audit file looks like::
+
+    title = "Digits audit"
+    seed = 0
+    out = "gauntlet-report"
+    samples = 0              # test rows evaluated per cell (0 = all)
+
+    [model]
+    spec = "builtin:cnn"     # or a file: cnn.pt (+ arch = "pkg.mod:factory"), net.pt2 ...
+
+    [data]
+    spec = "sklearn:digits"  # or idx:DIR, npz:FILE
+
+    [attacks.fgsm]           # one table per attack; a list value is a sweep
+    eps = [0.05, 0.1, 0.2]
+
+    [defenses.none]
+    [defenses.input-noise]
+    r = 0.1
+
+``attacks`` and ``defenses`` may also be plain lists of names; left out, every
+registered attack (or defense) runs with its defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from gauntlet.errors import ConfigError
+from gauntlet.matrix import Selection
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_MODEL = "builtin:cnn"
+DEFAULT_DATA = "sklearn:digits"
+DEFAULT_OUT = "gauntlet-report"
+_TOP_KEYS = ("title", "seed", "out", "samples", "model", "data", "attacks", "defenses")
+_FILE_SCHEMES = ("idx", "npz")
+
+
+@dataclasses.dataclass
+class AuditConfig:
+    """A validated audit description. ``attacks``/``defenses`` of None mean "all"."""
+
+    model: str = DEFAULT_MODEL
+    model_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    data: str = DEFAULT_DATA
+    data_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    attacks: list[Selection] | None = None
+    defenses: list[Selection] | None = None
+    seed: int = 0
+    samples: int = 0
+    out: str = DEFAULT_OUT
+    title: str = "Gauntlet audit"
+    source: str | None = None  # the config file, when there was one
+
+    def to_dict(self) -> dict[str, Any]:
+        def sel(items: list[Selection] | None) -> Any:
+            return None if items is None else {s.name: dict(s.params) for s in items}
+
+        return {"title": self.title, "seed": self.seed, "samples": self.samples,
+                "out": self.out, "model": {"spec": self.model, **self.model_options},
+                "data": {"spec": self.data, **self.data_options},
+                "attacks": sel(self.attacks), "defenses": sel(self.defenses),
+                "source": self.source}
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    if isinstance(value, bool) and kind is int:
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if not isinstance(value, kind):
+        name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where} must be {name}, got {value!r}")
+    return value
+
+
+def _selections(value: Any, where: str) -> list[Selection]:
+    if isinstance(value, str):
+        value = [v for v in (s.strip() for s in value.split(",")) if v]
+    if isinstance(value, list):
+        for v in value:
+            _expect(v, str, f"each entry of {where}")
+        return [Selection(v) for v in value]
+    if isinstance(value, Mapping):
+        out = []
+        for name, params in value.items():
+            _expect(params, Mapping, f"[{where}.{name}]")
+            out.append(Selection(name, dict(params)))
+        return out
+    raise ConfigError(f"{where} must be a list of names or tables of parameters, got {value!r}")
+
+
+def _resolve_spec(spec: str, base: Path | None) -> str:
+    """Make a relative file path in a spec relative to the config file's folder."""
+    if base is None:
+        return spec
+    scheme, sep, rest = spec.partition(":")
+    if sep and scheme in _FILE_SCHEMES:
+        path = Path(rest)
+        return f"{scheme}:{base / path}" if not path.is_absolute() and (base / path).exists() \
+            else spec
+    if sep and len(scheme) > 1:  # builtin:..., sklearn:...
+        return spec
+    path = Path(spec)
+    return str(base / path) if not path.is_absolute() and (base / path).exists() else spec
+
+
+def _section(raw: Mapping[str, Any], key: str, default: str,
+             base: Path | None) -> tuple[str, dict[str, Any]]:
+    table = raw.get(key, {})
+    if isinstance(table, str):
+        table = {"spec": table}
+    _expect(table, Mapping, f"[{key}]")
+    options = dict(table)
+    spec = _expect(options.pop("spec", default), str, f"{key}.spec")
+    return _resolve_spec(spec, base), options
+
+
+def from_mapping(raw: Mapping[str, Any], base: Path | None = None,
+                 source: str | None = None) -> AuditConfig:
+    """Validate a parsed config mapping."""
+    unknown = sorted(set(raw) - set(_TOP_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}; known keys: "
+                          + ", ".join(_TOP_KEYS))
+    model, model_options = _section(raw, "model", DEFAULT_MODEL, base)
+    data, data_options = _section(raw, "data", DEFAULT_DATA, base)
+    cfg = AuditConfig(
+        model=model, model_options=model_options, data=data, data_options=data_options,
+        attacks=_selections(raw["attacks"], "attacks") if "attacks" in raw else None,
+        defenses=_selections(raw["defenses"], "defenses") if "defenses" in raw else None,
+        seed=_expect(raw.get("seed", 0), int, "seed"),
+        samples=_expect(raw.get("samples", 0), int, "samples"),
+        out=_expect(raw.get("out", DEFAULT_OUT), str, "out"),
+        title=_expect(raw.get("title", "Gauntlet audit"), str, "title"),
+        source=source,
+    )
+    if cfg.samples < 0:
+        raise ConfigError(f"samples must be >= 0 (0 = all test rows), got {cfg.samples}")
+    return cfg
+
+
+def load(path: str | Path) -> AuditConfig:
+    """Read and validate an audit TOML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    return from_mapping(raw, base=path.resolve().parent, source=str(path))
+
+
+def override(cfg: AuditConfig, *, model: str | None = None, data: str | None = None,
+             attacks: str | Sequence[str] | None = None,
+             defenses: str | Sequence[str] | None = None, out: str | None = None,
+             seed: int | None = None, samples: int | None = None) -> AuditConfig:
+    """Apply CLI flags over a config. A named attack keeps the file's parameters for it."""
+    def pick(current: list[Selection] | None, names: Any, where: str) -> list[Selection]:
+        chosen = _selections(list(names) if not isinstance(names, str) else names, where)
+        if not chosen:
+            raise ConfigError(f"--{where} names nothing")
+        known = {s.name: s for s in current or []}
+        return [known.get(s.name, s) for s in chosen]
+
+    changes: dict[str, Any] = {}
+    # The file's [model] / [data] options (arch, epochs, limits) stay with a new spec.
+    if model is not None:
+        changes["model"] = model
+    if data is not None:
+        changes["data"] = data
+    if attacks is not None:
+        changes["attacks"] = pick(cfg.attacks, attacks, "attacks")
+    if defenses is not None:
+        changes["defenses"] = pick(cfg.defenses, defenses, "defenses")
+    if out is not None:
+        changes["out"] = out
+    if seed is not None:
+        changes["seed"] = seed
+    if samples is not None:
+        if samples < 0:
+            raise ConfigError(f"--samples must be >= 0, got {samples}")
+        changes["samples"] = samples
+    return dataclasses.replace(cfg, **changes)
