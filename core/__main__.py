@@ -1,0 +1,6 @@
+"""`python -m gauntlet` is the `gauntlet` command."""
+import sys
+
+from gauntlet.cli import main
+
+sys.exit(main())

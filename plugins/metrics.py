@@ -1,0 +1,361 @@
+"""Built-in metrics: accuracy and the classic evasion table, poisoning damage, membership
+leakage, and what a model answers on garbage.
+
+Every metric states its direction for the defender. Proportions carry a Wilson interval
+(:func:`gauntlet.proportion`); other sampled numbers carry the interval named in their
+docstring; precision, recall and F1 carry none (no simple interval for a macro average).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from gauntlet import (
+    CleanOutcome,
+    EvasionOutcome,
+    MembershipOutcome,
+    Metric,
+    MetricValue,
+    PoisoningOutcome,
+    Predictions,
+    ProbeOutcome,
+    hookimpl,
+    proportion,
+)
+
+Z95 = 1.96
+
+
+def _accuracy(y_true: np.ndarray, proba: np.ndarray) -> MetricValue:
+    return proportion(int((proba.argmax(axis=1) == y_true).sum()), len(y_true))
+
+
+def _mean_with_interval(values: np.ndarray, bounds: tuple[float, float]) -> MetricValue:
+    """A mean with a normal-approximation 95% interval, clipped to ``bounds``."""
+    n = len(values)
+    if n == 0:
+        return MetricValue(math.nan, 0)
+    mean = float(values.mean())
+    half = Z95 * float(values.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
+    return MetricValue(mean, n, max(bounds[0], mean - half), min(bounds[1], mean + half))
+
+
+# -- accuracy and the classic evasion table --------------------------------------------
+
+
+class CleanAccuracy(Metric):
+    """Accuracy on the clean test inputs, with a Wilson interval.
+
+    The baseline every defended model reports beside its robustness.
+    """
+
+    name = "clean_accuracy"
+    title = "Clean accuracy"
+    applies_to = (CleanOutcome,)
+    higher_is_better = True
+
+    def compute(self, outcome: CleanOutcome) -> MetricValue:  # type: ignore[override]
+        return _accuracy(outcome.y_true, outcome.proba)
+
+
+class RobustAccuracy(Metric):
+    """Accuracy on the adversarial inputs, with a Wilson interval.
+
+    Every row counts, including those the model already got wrong on clean inputs.
+    """
+
+    name = "robust_accuracy"
+    title = "Robust accuracy"
+    applies_to = (EvasionOutcome,)
+    higher_is_better = True
+
+    def compute(self, outcome: EvasionOutcome) -> MetricValue:  # type: ignore[override]
+        return _accuracy(outcome.y_true, outcome.proba)
+
+
+class AttackSuccessRate(Metric):
+    """Share of initially correct rows that the attack turned into a misclassification.
+
+    Rows the model got wrong on clean inputs are left out, so n is the number of rows
+    classified correctly before the attack (Wilson interval); NaN when there are none.
+    """
+
+    name = "attack_success_rate"
+    title = "Attack success rate"
+    applies_to = (EvasionOutcome,)
+    higher_is_better = False
+
+    def compute(self, outcome: EvasionOutcome) -> MetricValue:  # type: ignore[override]
+        correct = outcome.proba_clean.argmax(axis=1) == outcome.y_true
+        flipped = outcome.proba[correct].argmax(axis=1) != outcome.y_true[correct]
+        return proportion(int(flipped.sum()), int(correct.sum()))
+
+
+def _macro(outcome: Predictions, index: int) -> MetricValue:
+    from sklearn.metrics import precision_recall_fscore_support
+
+    y_pred = outcome.y_pred
+    # Classes that occur in neither the labels nor the predictions are left out (sklearn's
+    # default): with zero_division=0 they would score 0 and drag the average down although
+    # the model made no mistake about them (small subsamples miss classes).
+    scores = precision_recall_fscore_support(outcome.y_true, y_pred, average="macro",
+                                             zero_division=0)
+    return MetricValue(float(scores[index]), outcome.n)
+
+
+class Precision(Metric):
+    """Macro-averaged precision of the predicted classes (no interval).
+
+    scikit-learn's ``precision_recall_fscore_support``, zero_division=0.
+    """
+
+    name = "precision"
+    title = "Precision"
+    applies_to = (Predictions,)
+    higher_is_better = True
+
+    def compute(self, outcome: Predictions) -> MetricValue:  # type: ignore[override]
+        return _macro(outcome, 0)
+
+
+class Recall(Metric):
+    """Macro-averaged recall of the true classes (no interval).
+
+    scikit-learn's ``precision_recall_fscore_support``, zero_division=0.
+    """
+
+    name = "recall"
+    title = "Recall"
+    applies_to = (Predictions,)
+    higher_is_better = True
+
+    def compute(self, outcome: Predictions) -> MetricValue:  # type: ignore[override]
+        return _macro(outcome, 1)
+
+
+class F1(Metric):
+    """Macro-averaged F1 score (no interval).
+
+    scikit-learn's ``precision_recall_fscore_support``, zero_division=0: the mean of the
+    per-class F1 scores, not the F1 of the mean precision and recall.
+    """
+
+    name = "f1"
+    title = "F1"
+    applies_to = (Predictions,)
+    higher_is_better = True
+
+    def compute(self, outcome: Predictions) -> MetricValue:  # type: ignore[override]
+        return _macro(outcome, 2)
+
+
+class Confidence(Metric):
+    """Mean top-one probability on the evaluated inputs, with a normal 95% interval.
+
+    Lower is better for the defender. On adversarial inputs most answers are wrong, and a
+    high value means confidently wrong ones; on clean inputs a high value means the sharp
+    scores membership inference feeds on, which output defenses deliberately blunt.
+    Correctness is credited by accuracy, not here, so read this column beside it.
+    """
+
+    name = "confidence"
+    title = "Confidence"
+    applies_to = (Predictions,)
+    higher_is_better = False
+
+    def compute(self, outcome: Predictions) -> MetricValue:  # type: ignore[override]
+        return _mean_with_interval(outcome.proba.max(axis=1).astype(np.float64), (0.0, 1.0))
+
+
+# -- poisoning -------------------------------------------------------------------------
+
+
+class PoisonedAccuracy(Metric):
+    """Accuracy of the poisoned model on the clean test inputs, with a Wilson interval.
+
+    Compare with the reference model trained by the same recipe on unpoisoned data.
+    """
+
+    name = "poisoned_accuracy"
+    title = "Poisoned accuracy"
+    applies_to = (PoisoningOutcome,)
+    higher_is_better = True
+
+    def compute(self, outcome: PoisoningOutcome) -> MetricValue:  # type: ignore[override]
+        return _accuracy(outcome.y_true, outcome.proba)
+
+
+class AccuracyDrop(Metric):
+    """Reference accuracy minus poisoned accuracy on the same clean test rows.
+
+    The interval is the normal approximation of a paired difference: both models are
+    scored on the same rows, so the per-row differences (-1, 0 or 1) are averaged.
+    """
+
+    name = "accuracy_drop"
+    title = "Accuracy drop"
+    applies_to = (PoisoningOutcome,)
+    higher_is_better = False
+    bounds = (-1.0, 1.0)
+
+    def compute(self, outcome: PoisoningOutcome) -> MetricValue:  # type: ignore[override]
+        y = outcome.y_true
+        ref = (outcome.proba_reference.argmax(axis=1) == y).astype(np.float64)
+        poisoned = (outcome.proba.argmax(axis=1) == y).astype(np.float64)
+        return _mean_with_interval(ref - poisoned, (-1.0, 1.0))
+
+
+# -- membership inference --------------------------------------------------------------
+
+
+def _rates(outcome: MembershipOutcome) -> tuple[int, int, int, int]:
+    """(true positives, members, false positives, non-members) at the threshold."""
+    tp = int((np.asarray(outcome.scores_members) >= outcome.threshold).sum())
+    fp = int((np.asarray(outcome.scores_nonmembers) >= outcome.threshold).sum())
+    return tp, len(outcome.scores_members), fp, len(outcome.scores_nonmembers)
+
+
+class MembershipAccuracy(Metric):
+    """Accuracy of the member / non-member decisions (score >= threshold means member).
+
+    Wilson interval. 0.5 is chance when members and non-members are equally many (the
+    built-in attacks balance them); lower is better for the defender.
+    """
+
+    name = "membership_accuracy"
+    title = "Membership accuracy"
+    applies_to = (MembershipOutcome,)
+    higher_is_better = False
+
+    def compute(self, outcome: MembershipOutcome) -> MetricValue:  # type: ignore[override]
+        tp, n1, fp, n0 = _rates(outcome)
+        return proportion(tp + (n0 - fp), n1 + n0)
+
+
+class MembershipAdvantage(Metric):
+    """Membership advantage: true-positive rate minus false-positive rate at the threshold.
+
+    Yeom et al., 2018, "Privacy Risk in Machine Learning". Interval: Agresti and Caffo
+    (2000), the normal approximation of a difference of two independent proportions with
+    one success and one failure added to each, which keeps its width at 0 or 1.
+    """
+
+    name = "membership_advantage"
+    title = "Membership advantage"
+    applies_to = (MembershipOutcome,)
+    higher_is_better = False
+    bounds = (-1.0, 1.0)
+
+    def compute(self, outcome: MembershipOutcome) -> MetricValue:  # type: ignore[override]
+        tp, n1, fp, n0 = _rates(outcome)
+        if n1 == 0 or n0 == 0:
+            return MetricValue(math.nan, n1 + n0)
+        value = tp / n1 - fp / n0
+        p1, p0 = (tp + 1) / (n1 + 2), (fp + 1) / (n0 + 2)
+        half = Z95 * math.sqrt(p1 * (1 - p1) / (n1 + 2) + p0 * (1 - p0) / (n0 + 2))
+        centre = p1 - p0
+        return MetricValue(value, n1 + n0, max(-1.0, centre - half), min(1.0, centre + half))
+
+
+def hanley_mcneil(auc: float, n_pos: int, n_neg: int) -> tuple[float, float]:
+    """95% interval of a ROC AUC from Hanley and McNeil's (1982) standard error."""
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc)
+           + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    half = Z95 * math.sqrt(max(var, 0.0))
+    return max(0.0, auc - half), min(1.0, auc + half)
+
+
+class MembershipAUC(Metric):
+    """Area under the ROC curve of the membership scores (0.5 is chance).
+
+    Threshold-free. Hanley and McNeil, 1982, "The meaning and use of the area under a
+    receiver operating characteristic (ROC) curve" (the interval). Lower is better.
+    """
+
+    name = "membership_auc"
+    title = "Membership AUC"
+    applies_to = (MembershipOutcome,)
+    higher_is_better = False
+
+    def compute(self, outcome: MembershipOutcome) -> MetricValue:  # type: ignore[override]
+        from sklearn.metrics import roc_auc_score
+
+        n1, n0 = len(outcome.scores_members), len(outcome.scores_nonmembers)
+        if n1 == 0 or n0 == 0:
+            return MetricValue(math.nan, n1 + n0)
+        y, s = outcome.labels_and_scores()
+        auc = float(roc_auc_score(y, s))
+        low, high = hanley_mcneil(auc, n1, n0)
+        return MetricValue(auc, n1 + n0, low, high)
+
+
+# -- probes ----------------------------------------------------------------------------
+
+
+class TopClassShare(Metric):
+    """Share of probe inputs given the most frequent class, with a Wilson interval.
+
+    The "trash bucket" finding: a model that files garbage under one class hands an
+    attacker a default answer and hides out-of-distribution input. Lower is better; 1/C
+    is an even spread.
+    """
+
+    name = "top_class_share"
+    title = "Top class share"
+    applies_to = (ProbeOutcome,)
+    higher_is_better = False
+
+    def compute(self, outcome: ProbeOutcome) -> MetricValue:  # type: ignore[override]
+        return proportion(int(outcome.class_counts().max(initial=0)), outcome.n)
+
+
+class PredictionEntropy(Metric):
+    """Shannon entropy, in bits, of the histogram of classes predicted on probe inputs.
+
+    0 when every probe lands in one class (a trash bucket), log2(C) when they spread
+    evenly. Higher is better. ``bounds`` is None because the top depends on C.
+    """
+
+    name = "prediction_entropy"
+    title = "Prediction entropy (bits)"
+    applies_to = (ProbeOutcome,)
+    higher_is_better = True
+    bounds = None
+
+    def compute(self, outcome: ProbeOutcome) -> MetricValue:  # type: ignore[override]
+        counts = outcome.class_counts()
+        if outcome.n == 0:
+            return MetricValue(math.nan, 0)
+        p = counts[counts > 0] / outcome.n
+        return MetricValue(float(-(p * np.log2(p)).sum()) + 0.0, outcome.n)
+
+
+class ProbeConfidence(Metric):
+    """Mean top-one probability on probe inputs, with a normal 95% interval.
+
+    A model should be unsure on inputs that belong to no class: lower is better.
+    """
+
+    name = "probe_confidence"
+    title = "Probe confidence"
+    applies_to = (ProbeOutcome,)
+    higher_is_better = False
+
+    def compute(self, outcome: ProbeOutcome) -> MetricValue:  # type: ignore[override]
+        return _mean_with_interval(outcome.proba.max(axis=1).astype(np.float64), (0.0, 1.0))
+
+
+METRICS: tuple[type[Metric], ...] = (
+    CleanAccuracy, RobustAccuracy, AttackSuccessRate, Precision, Recall, F1, Confidence,
+    PoisonedAccuracy, AccuracyDrop, MembershipAccuracy, MembershipAdvantage, MembershipAUC,
+    TopClassShare, PredictionEntropy, ProbeConfidence,
+)
+
+
+@hookimpl
+def register_metrics(register: Callable[[type[Metric]], None]) -> None:
+    for cls in METRICS:
+        register(cls)

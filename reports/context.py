@@ -1,0 +1,379 @@
+"""The ReportContext: plain data the HTML templates render, built from a result dict.
+
+Templates see only these frozen dataclasses and strings (never live models, never the
+raw result), so every number is formatted and every colour chosen here, in Python,
+where it is tested. All text is left as text: the templates escape it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gauntlet.reports import charts as charts_mod
+from gauntlet.reports.tables import (
+    FAMILY_ORDER,
+    FAMILY_TITLES,
+    MetricMeta,
+    badness,
+    cell_index,
+    colour,
+    defense_keys,
+    format_interval,
+    format_value,
+    label,
+    matrix_layout,
+    metric_family,
+    metric_meta,
+    metric_names,
+    metric_value,
+    worst_findings,
+)
+
+TOP_FINDINGS = 8
+_NOT_ADAPTIVE = re.compile(r"\b(not adaptive|non-adaptive|not an adaptive)\b", re.IGNORECASE)
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixCell:
+    text: str
+    tooltip: str
+    colour: str
+    badness: str  # "" when there is none; a data attribute for readers and tests
+    status: str  # ok | not_applicable | error | missing
+    attack: str
+    attack_point: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixRow:
+    label: str
+    defense: str
+    defense_point: str
+    cells: list[MatrixCell]
+
+
+@dataclasses.dataclass(frozen=True)
+class HeaderGroup:
+    label: str
+    span: int
+
+
+@dataclasses.dataclass(frozen=True)
+class MatrixTable:
+    id: str
+    metric: str
+    title: str
+    description: str
+    direction: str
+    attack_headers: list[HeaderGroup]
+    point_headers: list[str]
+    rows: list[MatrixRow]
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricGroup:
+    family: str
+    title: str
+    tables: list[MatrixTable]
+
+
+@dataclasses.dataclass(frozen=True)
+class FindingRow:
+    title: str
+    metric: str
+    direction: str
+    defense: str
+    attack: str
+    value: str
+    interval: str
+    n: str
+    colour: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ProblemCell:
+    defense: str
+    attack: str
+    family: str
+    reason: str
+    traceback: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DefenseNote:
+    name: str
+    stage: str
+    description: str
+    evaluation: str
+    not_adaptive: bool
+    clean_accuracy: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ChartGroup:
+    id: str
+    title: str
+    intro: str
+    charts: list[charts_mod.Chart]
+    small: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    attack: str
+    cells: int
+    seconds: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    run: list[tuple[str, str]]
+    model: list[tuple[str, str]]
+    data: list[tuple[str, str]]
+    libraries: list[tuple[str, str]]
+    timings: list[Timing]
+    config_json: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    title: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportContext:
+    title: str
+    model_name: str
+    data_name: str
+    facts: list[tuple[str, str]]
+    counts: dict[str, int]
+    findings: list[FindingRow]
+    defenses: list[DefenseNote]
+    groups: list[MetricGroup]
+    chart_groups: list[ChartGroup]
+    not_applicable: list[ProblemCell]
+    errors: list[ProblemCell]
+    provenance: Provenance
+    sections: list[Section]
+    version: str
+    legend: list[str]
+
+
+def _text(value: Any) -> str:
+    """Any plugin-supplied value as display text (the templates escape it)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+        return " × ".join(str(v) for v in value) if value else "—"
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return ", ".join(value)
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def _seconds(value: Any) -> str:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "—"
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, secs = divmod(round(value), 60)
+    return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _direction(meta: MetricMeta) -> str:
+    if meta.higher_is_better is None:
+        return "no direction declared"
+    return "higher is better for the defender" if meta.higher_is_better else \
+        "lower is better for the defender"
+
+
+def _slug(text: str, used: set[str]) -> str:
+    base = "m-" + (re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "metric")
+    slug, i = base, 2
+    while slug in used:
+        slug, i = f"{base}-{i}", i + 1
+    used.add(slug)
+    return slug
+
+
+def _matrix_cell(cell: Mapping[str, Any] | None, metric: str, meta: MetricMeta,
+                 observed: tuple[float, float] | None, where: str) -> MatrixCell:
+    attack = cell["attack"] if cell else ""
+    point = (cell.get("attack_point") or "") if cell else ""
+    if cell is None:
+        return MatrixCell("—", f"{where}\nnot run", colour(None), "", "missing", attack, point)
+    status = cell.get("status", "ok")
+    if status == "not_applicable":
+        return MatrixCell("n/a", f"{where}\nnot applicable: {_text(cell.get('reason'))}",
+                          colour(None), "", status, attack, point)
+    if status == "error":
+        return MatrixCell("error", f"{where}\nerror: {_text(cell.get('reason'))}",
+                          colour(None), "", status, attack, point)
+    value = metric_value(cell, metric)
+    if value is None:
+        why = "not measured" if metric not in (cell.get("metrics") or {}) else "undefined"
+        return MatrixCell("—", f"{where}\n{why}", colour(None), "", "missing", attack, point)
+    rec = cell["metrics"][metric]
+    bad = badness(value, meta, observed)
+    tip = [where, f"{meta.title}: {format_value(value, meta)}",
+           f"n = {rec.get('n', cell.get('n'))}"]
+    interval = format_interval(rec.get("low"), rec.get("high"), meta)
+    if interval:
+        tip.append(f"95% interval: {interval}")
+    return MatrixCell(format_value(value, meta), "\n".join(tip), colour(bad),
+                      "" if bad is None else f"{bad:.4f}", status, attack, point)
+
+
+def _matrix_table(result: Mapping[str, Any], metric: str, used: set[str]) -> MatrixTable:
+    meta = metric_meta(result, metric)
+    rows, columns = matrix_layout(result, metric)
+    index = cell_index(result)
+    values = [v for c in index.values() if (v := metric_value(c, metric)) is not None]
+    observed = (min(values), max(values)) if values else None
+    headers: list[HeaderGroup] = []
+    for attack, _ in columns:
+        if headers and headers[-1].label == attack:
+            headers[-1] = HeaderGroup(attack, headers[-1].span + 1)
+        else:
+            headers.append(HeaderGroup(attack, 1))
+    table_rows = []
+    for d in rows:
+        cells = []
+        for a in columns:
+            cell = index.get((*d, *a))
+            where = f"{label(*a)} against {label(*d)}"
+            built = _matrix_cell(cell, metric, meta, observed, where)
+            cells.append(dataclasses.replace(built, attack=a[0], attack_point=a[1]))
+        table_rows.append(MatrixRow(label(*d), d[0], d[1], cells))
+    description = meta.description
+    if meta.bounds is None and meta.higher_is_better is not None:
+        description += (" " if description else "") + "(Unbounded: colours are relative to " \
+            "the range seen in this table.)"
+    return MatrixTable(_slug(metric, used), metric, meta.title, description, _direction(meta),
+                       headers, [a[1] for a in columns], table_rows)
+
+
+def _groups(result: Mapping[str, Any]) -> list[MetricGroup]:
+    by_family: dict[str, list[str]] = {}
+    for metric in metric_names(result):
+        by_family.setdefault(metric_family(result, metric), []).append(metric)
+    order = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    used: set[str] = set()
+    return [MetricGroup(f, FAMILY_TITLES.get(f, f.title() or "Other"),
+                        [_matrix_table(result, m, used) for m in by_family[f]])
+            for f in sorted(by_family, key=lambda f: (order.get(f, len(order)), f))]
+
+
+def _findings(result: Mapping[str, Any]) -> list[FindingRow]:
+    rows = []
+    for f in worst_findings(result, TOP_FINDINGS):
+        meta = metric_meta(result, f.metric)
+        rows.append(FindingRow(f.title, f.metric, "↑" if f.higher_is_better else "↓",
+                               f.defense_label, f.attack_label, format_value(f.value, meta),
+                               format_interval(f.low, f.high, meta),
+                               "—" if f.n is None else str(f.n), colour(f.badness)))
+    return rows
+
+
+def _problems(result: Mapping[str, Any], status: str) -> list[ProblemCell]:
+    return [ProblemCell(label(c["defense"], c.get("defense_point") or ""),
+                        label(c["attack"], c.get("attack_point") or ""),
+                        _text(c.get("family")), _text(c.get("reason")) or "(no reason given)",
+                        _text(c.get("traceback")))
+            for c in result.get("cells", []) if c.get("status") == status]
+
+
+def _defenses(result: Mapping[str, Any]) -> list[DefenseNote]:
+    declared = result.get("defenses", {})
+    names = list(dict.fromkeys([*declared, *(d for d, _ in defense_keys(result))]))
+    index = cell_index(result)
+    notes = []
+    for name in names:
+        meta = declared.get(name) or {}
+        accs = []
+        for (d, dp, _a, _ap), cell in index.items():
+            if d == name and cell.get("family") == "baseline" and \
+                    (v := metric_value(cell, "clean_accuracy")) is not None:
+                accs.append((dp, format_value(v, metric_meta(result, "clean_accuracy"))))
+        clean = ", ".join(f"{v} ({dp})" if dp else v for dp, v in accs) or "—"
+        evaluation = _text(meta.get("evaluation"))
+        notes.append(DefenseNote(name, _text(meta.get("stage")), _text(meta.get("description")),
+                                 evaluation, bool(_NOT_ADAPTIVE.search(evaluation)), clean))
+    return notes
+
+
+def _chart_groups(result: Mapping[str, Any]) -> list[ChartGroup]:
+    groups = []
+    robust = charts_mod.robustness_charts(result)
+    if robust:
+        groups.append(ChartGroup("charts-robustness", "Robustness against perturbation size",
+                                 "Robust accuracy of each defended model as the attack's "
+                                 "budget grows.", robust, False))
+    roc = charts_mod.roc_charts(result)
+    if roc:
+        groups.append(ChartGroup("charts-roc", "Membership inference ROC",
+                                 "How well the attacker separates training members from "
+                                 "non-members.", roc, False))
+    for i, (title, charts) in enumerate(charts_mod.histogram_charts(result)):
+        groups.append(ChartGroup(f"charts-hist-{i}", f"Probe predictions: {title}",
+                                 "Predicted classes on the probe inputs; a tall single bar "
+                                 "is a trash bucket class.", charts, True))
+    return groups
+
+
+def _provenance(result: Mapping[str, Any]) -> Provenance:
+    prov = result.get("provenance") or {}
+    run = [("Gauntlet", _text(prov.get("gauntlet"))), ("Python", _text(prov.get("python"))),
+           ("Seed", _text(prov.get("seed"))), ("Started", _text(prov.get("started"))),
+           ("Duration", _seconds(prov.get("duration_s"))),
+           ("Schema", _text(result.get("schema")))]
+    model = [(k, _text(v)) for k, v in (prov.get("model") or {}).items()]
+    data = [(k, _text(v)) for k, v in (prov.get("data") or {}).items()]
+    libraries = sorted((_text(k), _text(v)) for k, v in (prov.get("libraries") or {}).items())
+    totals: dict[str, list[float]] = {}
+    for c in result.get("cells", []):
+        d = c.get("duration_s")
+        totals.setdefault(c["attack"], []).append(float(d) if isinstance(d, (int, float)) else 0.0)
+    timings = [Timing(a, len(ds), _seconds(sum(ds)))
+               for a, ds in sorted(totals.items(), key=lambda kv: (-sum(kv[1]), kv[0]))]
+    config = json.dumps(result.get("config") or {}, indent=2, default=str, ensure_ascii=False)
+    return Provenance(run, model, data, libraries, timings, config)
+
+
+def build_context(result: Mapping[str, Any],
+                  sections: Sequence[Mapping[str, str]] = ()) -> ReportContext:
+    """Everything the report shows, as plain formatted data."""
+    prov = result.get("provenance") or {}
+    model = prov.get("model") or {}
+    data = prov.get("data") or {}
+    model_name = _text(model.get("name")) or "model"
+    data_name = _text(data.get("name") or data.get("spec")) or "—"
+    cells = result.get("cells", [])
+    counts = {s: sum(1 for c in cells if c.get("status") == s)
+              for s in ("ok", "not_applicable", "error")}
+    counts["total"] = len(cells)
+    facts = [("Model", model_name), ("Model access", _text(model.get("access")) or "—"),
+             ("Data", data_name),
+             ("Evaluated on", f"{data['n_eval']} test samples" if data.get("n_eval") else "—"),
+             ("Seed", _text(prov.get("seed")) or "—"),
+             ("Run time", _seconds(prov.get("duration_s")))]
+    legend = [colour(b / 4) for b in range(5)]
+    return ReportContext(
+        title=f"Gauntlet audit: {model_name}", model_name=model_name, data_name=data_name,
+        facts=facts, counts=counts, findings=_findings(result), defenses=_defenses(result),
+        groups=_groups(result), chart_groups=_chart_groups(result),
+        not_applicable=_problems(result, "not_applicable"), errors=_problems(result, "error"),
+        provenance=_provenance(result),
+        sections=[Section(_text(s.get("title")) or "Plugin section", _text(s.get("text")))
+                  for s in sections],
+        version=_text(prov.get("gauntlet")), legend=legend,
+    )
+

@@ -1,0 +1,284 @@
+"""Built-in metrics, cross-checked against scikit-learn, scipy and hand computation on
+small hand-made outcomes and on the real digits CNN's predictions."""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import entropy
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
+
+from gauntlet import (
+    CleanOutcome,
+    EvasionOutcome,
+    MembershipOutcome,
+    PoisoningOutcome,
+    ProbeOutcome,
+    wilson,
+)
+from gauntlet.plugins import metrics as m
+from gauntlet.registry import make_registry
+
+
+def onehot(labels, n_classes: int = 3, top: float = 0.9) -> np.ndarray:
+    """Probabilities with ``top`` on the given class, the rest spread evenly."""
+    labels = np.asarray(labels)
+    p = np.full((len(labels), n_classes), (1 - top) / (n_classes - 1))
+    p[np.arange(len(labels)), labels] = top
+    return p
+
+
+def value(metric: type, outcome) -> float:
+    return metric().evaluate(outcome).value
+
+
+def assert_interval_holds(v) -> None:
+    assert v.low is not None and v.high is not None
+    assert v.low <= v.value <= v.high
+
+
+# -- registry --------------------------------------------------------------------------
+
+
+def test_registered_with_metadata():
+    registry = make_registry(entrypoints=False, plugins={"metrics": m})
+    assert not registry.broken
+    assert set(registry.metrics) == {cls.name for cls in m.METRICS}
+    assert len(m.METRICS) == 15
+    for cls in m.METRICS:
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", cls.name), cls.name
+        assert cls.title and cls.title[0].isupper() and "_" not in cls.title
+        assert cls.bounds is None or cls.bounds[0] < cls.bounds[1]
+    directions = {cls.name: cls.higher_is_better for cls in m.METRICS}
+    assert directions["robust_accuracy"] and not directions["attack_success_rate"]
+    assert not directions["membership_auc"] and not directions["accuracy_drop"]
+
+
+def test_prediction_metrics_apply_to_every_prediction_outcome():
+    y = np.array([0, 1])
+    outcomes = [CleanOutcome(y, onehot(y)), EvasionOutcome(y, onehot(y), onehot(y)),
+                PoisoningOutcome(y, onehot(y), onehot(y))]
+    for metric in (m.Precision(), m.Recall(), m.F1(), m.Confidence()):
+        assert all(metric.applies(o) for o in outcomes)
+        assert not metric.applies(ProbeOutcome(onehot(y)))
+    assert not m.CleanAccuracy().applies(outcomes[1])
+    assert m.RobustAccuracy().applies(outcomes[1]) and not m.RobustAccuracy().applies(outcomes[0])
+
+
+# -- accuracy and evasion --------------------------------------------------------------
+
+
+def test_accuracy_by_hand_with_wilson_interval():
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    pred = np.array([0, 1, 2, 1, 1, 0, 0, 1])  # 6 of 8 right
+    v = m.CleanAccuracy().evaluate(CleanOutcome(y, onehot(pred)))
+    assert (v.value, v.n) == (0.75, 8)
+    assert (v.low, v.high) == pytest.approx(wilson(6, 8))
+    assert (v.low, v.high) == pytest.approx((0.4093, 0.9285), abs=1e-4)  # published tables
+    assert_interval_holds(v)
+
+
+def test_attack_success_rate_counts_only_initially_correct_rows():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    clean = np.array([0, 0, 1, 1, 0, 1])  # rows 4, 5 wrong before the attack
+    adv = np.array([1, 0, 2, 1, 2, 2])  # flips rows 0 and 2; "fixes" rows 4 and 5
+    outcome = EvasionOutcome(y, onehot(adv), proba_clean=onehot(clean), linf=0.1)
+    asr = m.AttackSuccessRate().evaluate(outcome)
+    robust = m.RobustAccuracy().evaluate(outcome)
+    assert (asr.value, asr.n) == (0.5, 4)  # 2 of the 4 initially correct rows flipped
+    assert (robust.value, robust.n) == (pytest.approx(4 / 6), 6)  # rows 1, 3, 4, 5
+    assert 1 - robust.value == pytest.approx(1 / 3)  # not the success rate
+    assert (asr.low, asr.high) == pytest.approx(wilson(2, 4))
+    assert_interval_holds(asr)
+    assert_interval_holds(robust)
+
+
+def test_attack_success_rate_without_correct_rows_is_nan():
+    y = np.array([0, 1])
+    outcome = EvasionOutcome(y, onehot([1, 0]), proba_clean=onehot([1, 0]))
+    v = m.AttackSuccessRate().evaluate(outcome)
+    assert math.isnan(v.value) and v.n == 0
+
+
+def test_macro_scores_by_hand_and_sklearn():
+    y = np.array([0, 0, 0, 1, 1, 2])
+    pred = np.array([0, 0, 1, 1, 2, 2])
+    outcome = CleanOutcome(y, onehot(pred))
+    # Per class: precision 1, 1/2, 1/2; recall 2/3, 1/2, 1.
+    precision, recall = (1 + 0.5 + 0.5) / 3, (2 / 3 + 0.5 + 1) / 3
+    f1 = (0.8 + 0.5 + 2 / 3) / 3
+    assert value(m.Precision, outcome) == pytest.approx(precision)
+    assert value(m.Recall, outcome) == pytest.approx(recall)
+    assert value(m.F1, outcome) == pytest.approx(f1)
+    assert m.F1().evaluate(outcome).n == 6
+
+
+def test_macro_scores_skip_classes_absent_from_labels_and_predictions():
+    # Five-class model, classes 3 and 4 never seen nor predicted: they do not count as 0.
+    y = np.array([0, 1, 2, 2])
+    outcome = CleanOutcome(y, onehot(y, n_classes=5))
+    assert value(m.Precision, outcome) == 1.0
+    assert value(m.Recall, outcome) == 1.0
+    # A class predicted but absent from the labels does count (precision 0 there).
+    wrong = CleanOutcome(y, onehot([0, 1, 2, 4], n_classes=5))
+    assert value(m.Precision, wrong) == pytest.approx((1 + 1 + 1 + 0) / 4)
+
+
+def test_confidence_is_mean_top_one_probability():
+    proba = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+    v = m.Confidence().evaluate(CleanOutcome(np.array([0, 0, 0]), proba))
+    assert v.value == pytest.approx((0.9 + 0.6 + 0.7) / 3) and v.n == 3
+    half = 1.96 * np.std([0.9, 0.6, 0.7], ddof=1) / math.sqrt(3)
+    assert (v.low, v.high) == pytest.approx((v.value - half, v.value + half))
+
+
+# -- the real digits CNN ---------------------------------------------------------------
+
+
+def fgsm(model, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
+    """One signed-gradient step, by hand."""
+    xt = torch.as_tensor(x).requires_grad_(True)
+    torch.nn.functional.cross_entropy(model.module(xt), torch.as_tensor(y)).backward()
+    return (xt + eps * xt.grad.sign()).clamp(0, 1).detach().numpy()
+
+
+@pytest.fixture(scope="module")
+def digits_outcomes(digits, digits_model):
+    x, y = digits.x_test, digits.y_test
+    clean = digits_model.predict(x)
+    adv = digits_model.predict(fgsm(digits_model, x, y, 0.1))
+    return CleanOutcome(y, clean), EvasionOutcome(y, adv, proba_clean=clean, linf=0.1)
+
+
+def test_digits_metrics_match_sklearn(digits_outcomes):
+    for outcome in digits_outcomes:
+        y, pred = outcome.y_true, outcome.proba.argmax(axis=1)
+        p, r, f, _ = precision_recall_fscore_support(y, pred, labels=range(10),
+                                                     average="macro", zero_division=0)
+        assert value(m.Precision, outcome) == pytest.approx(p)
+        assert value(m.Recall, outcome) == pytest.approx(r)
+        assert value(m.F1, outcome) == pytest.approx(f)
+        assert value(m.Confidence, outcome) == pytest.approx(outcome.proba.max(axis=1).mean())
+    clean, evasion = digits_outcomes
+    acc = m.CleanAccuracy().evaluate(clean)
+    assert acc.value == pytest.approx(accuracy_score(clean.y_true, clean.y_pred))
+    assert acc.n == len(clean.y_true) and acc.value > 0.9
+    assert_interval_holds(acc)
+    robust = m.RobustAccuracy().evaluate(evasion)
+    assert robust.value == pytest.approx(accuracy_score(evasion.y_true, evasion.y_pred))
+    assert robust.value < acc.value
+
+
+def test_digits_attack_success_rate_by_hand(digits_outcomes):
+    _, evasion = digits_outcomes
+    y = evasion.y_true
+    right_before = evasion.proba_clean.argmax(axis=1) == y
+    wrong_after = evasion.proba.argmax(axis=1) != y
+    flipped = sum(1 for a, b in zip(right_before, wrong_after) if a and b)
+    v = m.AttackSuccessRate().evaluate(evasion)
+    assert v.n == int(right_before.sum()) < len(y)
+    assert v.value == pytest.approx(flipped / v.n) and 0 < v.value < 1
+    assert_interval_holds(v)
+
+
+# -- poisoning -------------------------------------------------------------------------
+
+
+def test_poisoned_accuracy_and_drop():
+    y = np.array([0, 1, 2, 0, 1])
+    reference = onehot([0, 1, 2, 0, 0])  # 4 of 5
+    poisoned = onehot([0, 2, 2, 1, 1])  # 3 of 5
+    outcome = PoisoningOutcome(y, poisoned, proba_reference=reference, n_poisoned=10,
+                               n_train=100)
+    acc = m.PoisonedAccuracy().evaluate(outcome)
+    assert acc.value == pytest.approx(0.6) and acc.n == 5
+    assert_interval_holds(acc)
+    drop = m.AccuracyDrop().evaluate(outcome)
+    assert drop.value == pytest.approx(0.2) and drop.n == 5
+    diffs = np.array([0, 1, 0, 1, -1])  # per row: reference right minus poisoned right
+    half = 1.96 * diffs.std(ddof=1) / math.sqrt(5)
+    assert (drop.low, drop.high) == pytest.approx((0.2 - half, 0.2 + half))
+    assert m.AccuracyDrop.bounds == (-1.0, 1.0)
+
+
+# -- membership ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def membership() -> MembershipOutcome:
+    members = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.95, 0.85, 0.75, 0.3, 0.65])
+    nonmembers = np.array([0.1, 0.2, 0.6, 0.3, 0.7, 0.4, 0.5, 0.15, 0.25, 0.35])
+    return MembershipOutcome(members, nonmembers, threshold=0.6)
+
+
+def test_membership_accuracy_and_advantage_by_hand(membership):
+    # Members >= 0.6: 8 of 10 (TPR 0.8); non-members >= 0.6: 2 of 10 (FPR 0.2).
+    acc = m.MembershipAccuracy().evaluate(membership)
+    assert acc.value == pytest.approx((8 + 8) / 20) and acc.n == 20
+    assert (acc.low, acc.high) == pytest.approx(wilson(16, 20))
+    adv = m.MembershipAdvantage().evaluate(membership)
+    assert adv.value == pytest.approx(0.6) and adv.n == 20
+    # Agresti-Caffo by hand: p1 = 9/12, p0 = 3/12.
+    half = 1.96 * math.sqrt(0.75 * 0.25 / 12 + 0.25 * 0.75 / 12)
+    assert (adv.low, adv.high) == pytest.approx((0.5 - half, 0.5 + half))
+    assert_interval_holds(adv)
+
+
+@pytest.mark.parametrize("tp,n1,fp,n0", [(0, 5, 5, 5), (5, 5, 0, 5), (3, 3, 0, 7),
+                                         (50, 100, 50, 100), (99, 100, 1, 100)])
+def test_membership_advantage_interval_holds_at_extremes(tp, n1, fp, n0):
+    outcome = MembershipOutcome(np.r_[np.ones(tp), np.zeros(n1 - tp)],
+                                np.r_[np.ones(fp), np.zeros(n0 - fp)], threshold=0.5)
+    v = m.MembershipAdvantage().evaluate(outcome)
+    assert v.value == pytest.approx(tp / n1 - fp / n0)
+    assert -1 <= v.low <= v.value <= v.high <= 1 and v.low < v.high
+
+
+def test_membership_auc_matches_sklearn_and_pair_count(membership):
+    v = m.MembershipAUC().evaluate(membership)
+    y, s = membership.labels_and_scores()
+    assert v.value == pytest.approx(roc_auc_score(y, s))
+    # Mann-Whitney: the share of (member, non-member) pairs ranked right, ties half.
+    pairs = [(a > b) + 0.5 * (a == b) for a in membership.scores_members
+             for b in membership.scores_nonmembers]
+    assert v.value == pytest.approx(np.mean(pairs))
+    assert_interval_holds(v)
+
+
+def test_hanley_mcneil_by_hand():
+    # A = 0.75, 10 + 10: Q1 = 0.6, Q2 = 0.642857, SE = 0.111723.
+    assert m.hanley_mcneil(0.75, 10, 10) == pytest.approx((0.531022, 0.968978), abs=1e-5)
+    assert m.hanley_mcneil(1.0, 10, 10) == (1.0, 1.0)
+
+
+def test_membership_without_one_side_is_nan():
+    outcome = MembershipOutcome(np.array([0.5, 0.7]), np.array([]), threshold=0.6)
+    assert math.isnan(value(m.MembershipAUC, outcome))
+    assert math.isnan(value(m.MembershipAdvantage, outcome))
+
+
+# -- probes ----------------------------------------------------------------------------
+
+
+def test_probe_metrics_by_hand_and_scipy():
+    pred = np.array([3, 3, 3, 3, 3, 3, 1, 1, 0, 2])
+    proba = onehot(pred, n_classes=4, top=0.7)
+    proba[0] = [0.05, 0.05, 0.05, 0.85]
+    outcome = ProbeOutcome(proba)
+    share = m.TopClassShare().evaluate(outcome)
+    assert share.value == pytest.approx(0.6) and share.n == 10
+    assert (share.low, share.high) == pytest.approx(wilson(6, 10))
+    counts = np.bincount(pred, minlength=4)
+    assert value(m.PredictionEntropy, outcome) == pytest.approx(entropy(counts, base=2))
+    assert value(m.ProbeConfidence, outcome) == pytest.approx((0.85 + 9 * 0.7) / 10)
+    assert_interval_holds(m.ProbeConfidence().evaluate(outcome))
+
+
+def test_prediction_entropy_extremes():
+    assert value(m.PredictionEntropy, ProbeOutcome(onehot([2] * 8, n_classes=4))) == 0.0
+    spread = ProbeOutcome(onehot([0, 1, 2, 3] * 2, n_classes=4))
+    assert value(m.PredictionEntropy, spread) == pytest.approx(2.0)
+    assert value(m.TopClassShare, spread) == pytest.approx(0.25)

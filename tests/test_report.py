@@ -1,0 +1,343 @@
+"""The HTML report: content in the right places, colours, escaping, offline, determinism."""
+from __future__ import annotations
+
+import math
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import pytest
+from gauntlet import wilson
+from gauntlet.reports.html import render_report, write_report
+from gauntlet.reports.tables import matrix, worst_findings
+
+EVIL = "<script>alert(1)</script>"
+N_EVAL = 500
+EPS = (0.05, 0.1, 0.2, 0.3)
+FRACTIONS = (0.1, 0.2, 0.3)
+DEFENSES = ("none", "confidence-clip", "input-noise", "confidence-noise")
+CLEAN = {"none": 0.972, "confidence-clip": 0.968, "input-noise": 0.931, "confidence-noise": 0.962}
+STRENGTH = {"fgsm": 7.0, "pgd": 12.0, "noise": 0.8}  # how fast robust accuracy decays in eps
+SHIELD = {"none": 1.0, "confidence-clip": 1.0, "input-noise": 0.45, "confidence-noise": 0.9}
+MIA_SEPARATION = {"none": 0.55, "confidence-clip": 0.35, "input-noise": 0.4,
+                  "confidence-noise": 0.15}
+NA_REASON = "needs gradients access; this model exposes scores only"
+ERROR_REASON = "ValueError: training diverged (loss is NaN)"
+
+METRICS = {  # name: (title, higher_is_better, bounds)
+    "clean_accuracy": ("Clean accuracy", True, [0.0, 1.0]),
+    "robust_accuracy": ("Robust accuracy", True, [0.0, 1.0]),
+    "attack_success_rate": ("Attack success rate", False, [0.0, 1.0]),
+    "precision": ("Precision (macro)", True, [0.0, 1.0]),
+    "recall": ("Recall (macro)", True, [0.0, 1.0]),
+    "f1": ("F1 (macro)", True, [0.0, 1.0]),
+    "confidence": ("Mean confidence", True, [0.0, 1.0]),
+    "membership_accuracy": ("Membership accuracy", False, [0.0, 1.0]),
+    "membership_advantage": ("Membership advantage", False, [0.0, 1.0]),
+    "membership_auc": ("Membership AUC", False, [0.0, 1.0]),
+    "poisoned_accuracy": ("Poisoned accuracy", True, [0.0, 1.0]),
+    "accuracy_drop": ("Accuracy drop", False, [-1.0, 1.0]),
+    "top_class_share": ("Top class share", False, [0.0, 1.0]),
+    "prediction_entropy": ("Prediction entropy", True, None),
+    "probe_confidence": ("Probe confidence", False, [0.0, 1.0]),
+}
+ATTACKS = {
+    "clean": ("baseline", "none", "No attack: the defended model on clean test data."),
+    "fgsm": ("evasion", "gradients", "Fast Gradient Sign Method."),
+    "pgd": ("evasion", "gradients", "Projected Gradient Descent."),
+    "noise": ("evasion", "labels", "Uniform random noise of size eps."),
+    "mia-threshold": ("inference", "scores", "Confidence-threshold membership inference."),
+    "label-flip": ("poisoning", "training", "Flip a fraction of training labels."),
+    "trash-bucket": ("probe", "labels", "Feed out-of-distribution noise."),
+}
+
+
+def _metric(value: float, n: int = N_EVAL, interval: bool = True) -> dict[str, Any]:
+    low, high = wilson(value * n, n) if interval else (None, None)
+    return {"value": value, "n": n, "low": low, "high": high}
+
+
+def _cell(defense: str, attack: str, point: dict[str, Any], metrics: dict[str, float],
+          status: str = "ok", reason: str | None = None, tb: str | None = None,
+          artifacts: dict[str, Any] | None = None) -> dict[str, Any]:
+    apoint = ", ".join(f"{k}={v:g}" for k, v in point.items())
+    return {
+        "id": f"{defense}|{attack}|{apoint}", "defense": defense, "defense_params": {},
+        "defense_point": "", "attack": attack, "family": ATTACKS[attack][0],
+        "attack_params": dict(point), "attack_point": apoint, "status": status,
+        "reason": reason, "traceback": tb, "duration_s": 0.5 + len(apoint) / 10,
+        "n": N_EVAL if status == "ok" else None,
+        "metrics": {k: _metric(v, interval=k != "prediction_entropy") for k, v in metrics.items()},
+        "artifacts": artifacts or {},
+    }
+
+
+def robust(defense: str, attack: str, eps: float) -> float:
+    return round(CLEAN[defense] * math.exp(-STRENGTH[attack] * SHIELD[defense] * eps), 4)
+
+
+def _quality(acc: float) -> dict[str, float]:
+    return {"precision": round(acc + 0.004, 4), "recall": round(acc - 0.002, 4),
+            "f1": round(acc + 0.001, 4), "confidence": round(0.5 + acc / 2, 4)}
+
+
+def build_result(defenses: tuple[str, ...] = DEFENSES) -> dict[str, Any]:
+    """A realistic results.json object of the default audit (digits CNN)."""
+    cells = []
+    for d in defenses:
+        base = CLEAN.get(d, 0.95)
+        cells.append(_cell(d, "clean", {}, {"clean_accuracy": base, **_quality(base)}))
+        for attack in ("fgsm", "pgd", "noise"):
+            for eps in EPS:
+                if attack == "pgd" and d == "confidence-noise":
+                    cells.append(_cell(d, attack, {"eps": eps}, {}, "not_applicable", NA_REASON))
+                    continue
+                acc = robust(d, attack, eps) if d in CLEAN else 0.5
+                cells.append(_cell(d, attack, {"eps": eps}, {
+                    "robust_accuracy": acc, "attack_success_rate": round(1 - acc / base, 4),
+                    **_quality(acc)}))
+        sep = MIA_SEPARATION.get(d, 0.3)
+        fpr = [i / 100 for i in range(101)]
+        unit = NormalDist()
+        tpr = [0.0 if f == 0 else 1.0 if f == 1 else unit.cdf(unit.inv_cdf(f) + sep) for f in fpr]
+        auc = unit.cdf(sep / math.sqrt(2))
+        cells.append(_cell(d, "mia-threshold", {}, {
+            "membership_accuracy": round(0.5 + (auc - 0.5) * 0.8, 4),
+            "membership_advantage": round((auc - 0.5) * 1.2, 4), "membership_auc": round(auc, 4)},
+            artifacts={"roc": {"fpr": fpr, "tpr": tpr}}))
+        for frac in FRACTIONS:
+            if d == "input-noise" and frac == 0.3:
+                cells.append(_cell(d, "label-flip", {"fraction": frac}, {}, "error", ERROR_REASON,
+                                   "Traceback (most recent call last):\n  File \"poison.py\", "
+                                   "line 42, in run\n" + ERROR_REASON))
+                continue
+            poisoned = round(base - frac * 0.4, 4)
+            cells.append(_cell(d, "label-flip", {"fraction": frac}, {
+                "poisoned_accuracy": poisoned, "accuracy_drop": round(base - poisoned, 4)}))
+        counts = [20, 25, 18, 30, 22, 15, 28, 280 if d == "none" else 90, 40, 22]
+        share = max(counts) / sum(counts)
+        cells.append(_cell(d, "trash-bucket", {}, {
+            "top_class_share": round(share, 4), "prediction_entropy": 1.7 + (share < 0.5),
+            "probe_confidence": 0.91 if d == "none" else 0.62},
+            artifacts={"histogram": {"counts": counts}}))
+    return {
+        "schema": 1,
+        "provenance": {
+            "gauntlet": "0.1.0", "python": "3.11.7",
+            "libraries": {"torch": "2.5.1", "adversarial-robustness-toolbox": "1.20.1",
+                          "numpy": "2.1.0"},
+            "seed": 0, "started": "2025-01-01T12:00:00+00:00", "duration_s": 83.4,
+            "model": {"name": "digits-cnn", "spec": "builtin:cnn", "format": "builtin",
+                      "sha256": "ab" * 32, "input_shape": [1, 8, 8], "n_classes": 10,
+                      "access": "gradients", "recipe": True},
+            "data": {"name": "digits", "spec": "sklearn:digits", "n_train": 1347,
+                     "n_test": 450, "n_eval": N_EVAL, "sha256": "cd" * 32},
+        },
+        "config": {"model": "builtin:cnn", "data": "sklearn:digits", "seed": 0,
+                   "attacks": list(ATTACKS), "defenses": list(defenses)},
+        "metrics": {k: {"title": t, "higher_is_better": h, "bounds": b,
+                        "description": f"{t} of the model.", "plugin": "metrics",
+                        "distribution": "gauntlet", "version": "0.1.0"}
+                    for k, (t, h, b) in METRICS.items()},
+        "attacks": {k: {"family": f, "needs": needs, "description": desc, "plugin": "builtin",
+                        "distribution": "gauntlet", "version": "0.1.0"}
+                    for k, (f, needs, desc) in ATTACKS.items()},
+        "defenses": {d: {"stage": "none" if d == "none" else "output" if "confidence" in d
+                         else "input", "description": f"The {d} defense.",
+                         "evaluation": "Gradients pass through the defense (adaptive)."
+                         if d != "confidence-noise" else
+                         "Not adaptive: randomised output, attacked without EOT.",
+                         "plugin": "defenses", "distribution": "gauntlet", "version": "0.1.0"}
+                     for d in defenses},
+        "cells": cells,
+    }
+
+
+class _Cells(HTMLParser):
+    """Collects matrix cells: (metric, defense, attack, point) -> (text, attributes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metric: str | None = None
+        self.current: dict[str, str] | None = None
+        self.cells: dict[tuple[str, str, str, str], tuple[str, dict[str, str]]] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "table" and "data-metric" in a:
+            self.metric = a["data-metric"]
+        if tag == "td" and "data-attack" in a and self.metric:
+            self.current = {**a, "text": ""}
+
+    def handle_data(self, data: str) -> None:
+        if self.current is not None:
+            self.current["text"] += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self.current is not None:
+            c = self.current
+            key = (self.metric or "", c["data-defense"], c["data-attack"], c["data-attack-point"])
+            self.cells[key] = (c["text"].strip(), c)
+            self.current = None
+
+
+@pytest.fixture(scope="module")
+def result() -> dict[str, Any]:
+    return build_result()
+
+
+@pytest.fixture(scope="module")
+def html(result: dict[str, Any]) -> str:
+    return render_report(result, sections=[{"title": "Extra", "text": "plugin says hi"}])
+
+
+@pytest.fixture(scope="module")
+def cells(html: str) -> dict[tuple[str, str, str, str], tuple[str, dict[str, str]]]:
+    parser = _Cells()
+    parser.feed(html)
+    return parser.cells
+
+
+def _redness(hex_colour: str) -> int:
+    r, g = int(hex_colour[1:3], 16), int(hex_colour[3:5], 16)
+    return r - g
+
+
+def test_summary_shows_model_data_and_counts(html: str, result: dict[str, Any]) -> None:
+    statuses = [c["status"] for c in result["cells"]]
+    assert "digits-cnn" in html and "digits" in html
+    assert re.search(rf'id="count-ok">{statuses.count("ok")}<', html)
+    assert re.search(rf'id="count-na">{statuses.count("not_applicable")}<', html)
+    assert re.search(r'id="count-error">1<', html)
+    assert "Not adaptive: randomised output" in html and "not adaptive</span>" in html
+    assert "plugin says hi" in html
+
+
+def test_matrix_value_in_its_row_and_column(cells: dict, result: dict[str, Any]) -> None:
+    expected = robust("input-noise", "fgsm", 0.1)
+    text, attrs = cells[("robust_accuracy", "input-noise", "fgsm", "eps=0.1")]
+    assert text == f"{expected * 100:.1f}%"
+    low, _ = wilson(expected * N_EVAL, N_EVAL)
+    assert f"n = {N_EVAL}" in attrs["title"] and f"{low * 100:.1f}%" in attrs["title"]
+    # Neighbouring cells hold their own values, not this one.
+    assert cells[("robust_accuracy", "none", "fgsm", "eps=0.1")][0] == \
+        f"{robust('none', 'fgsm', 0.1) * 100:.1f}%"
+    assert cells[("robust_accuracy", "input-noise", "pgd", "eps=0.1")][0] == \
+        f"{robust('input-noise', 'pgd', 0.1) * 100:.1f}%"
+    # The shared metric keeps the clean column beside the attacks for reference.
+    assert ("precision", "none", "clean", "") in cells
+
+
+def test_not_applicable_and_error_cells(cells: dict, html: str) -> None:
+    text, attrs = cells[("robust_accuracy", "confidence-noise", "pgd", "eps=0.2")]
+    assert text == "n/a" and NA_REASON in attrs["title"]
+    text, attrs = cells[("poisoned_accuracy", "input-noise", "label-flip", "fraction=0.3")]
+    assert text == "error" and ERROR_REASON in attrs["title"]
+    # Listed with reasons; the traceback sits in a <details>.
+    assert html.count(NA_REASON) >= 5  # four tooltips per metric table plus the list
+    assert re.search(r"<details>.*?" + re.escape(ERROR_REASON) + r".*?<pre class=\"traceback\">"
+                     r"Traceback \(most recent", html, re.DOTALL)
+
+
+@pytest.mark.parametrize("metric,better,worse", [
+    # higher is better: lower robust accuracy is worse
+    ("robust_accuracy", ("none", "fgsm", "eps=0.05"), ("none", "fgsm", "eps=0.3")),
+    # lower is better: higher attack success is worse
+    ("attack_success_rate", ("input-noise", "pgd", "eps=0.05"), ("none", "pgd", "eps=0.3")),
+    ("membership_auc", ("confidence-noise", "mia-threshold", ""), ("none", "mia-threshold", "")),
+])
+def test_worse_value_gets_a_worse_colour(cells: dict, metric: str, better: tuple,
+                                         worse: tuple) -> None:
+    _, good = cells[(metric, *better)]
+    _, bad = cells[(metric, *worse)]
+    assert float(bad["data-badness"]) > float(good["data-badness"])
+    colour = re.compile(r"background: (#[0-9a-f]{6})")
+    good_colour = colour.search(good["style"]).group(1)
+    bad_colour = colour.search(bad["style"]).group(1)
+    assert _redness(bad_colour) > _redness(good_colour)
+
+
+def test_no_external_resources(html: str) -> None:
+    assert "http://" not in html and "https://" not in html
+    assert "<script" not in html.lower() and "<link" not in html.lower()
+    assert "@import" not in html
+    # Every reference is a fragment inside this page (nav links, SVG clip paths, markers).
+    assert not re.search(r"url\((?!#)", html)
+    assert not re.search(r"""(?:src|href)=["'](?!#)""", html)
+
+
+def test_charts_are_inline_svg(html: str) -> None:
+    # 3 robustness curves (fgsm, pgd, noise), 1 ROC, 4 trash-bucket histograms.
+    assert html.count("<svg") == 8
+    assert "<?xml" not in html and "DOCTYPE svg" not in html
+    assert "robust accuracy vs eps" in html and "membership ROC" in html
+    assert len(html.encode()) < 1_500_000
+
+
+def test_render_is_deterministic(result: dict[str, Any], html: str) -> None:
+    assert render_report(result, sections=[{"title": "Extra", "text": "plugin says hi"}]) == html
+
+
+def test_untrusted_text_is_escaped() -> None:
+    result = build_result(defenses=("none", EVIL))
+    result["attacks"][EVIL] = {**result["attacks"]["fgsm"], "description": EVIL}
+    for cell in result["cells"]:
+        if cell["attack"] == "fgsm":
+            cell["attack"] = EVIL
+        if cell["attack"] == "label-flip" and cell["defense"] == EVIL:
+            cell.update(status="error", reason=EVIL, traceback=EVIL, metrics={})
+    result["metrics"]["robust_accuracy"]["description"] = EVIL
+    result["provenance"]["model"]["name"] = EVIL
+    html = render_report(result, sections=[{"title": EVIL, "text": EVIL}])
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    # The defense name also reaches the matplotlib legends inside the inline SVG.
+    svgs = re.findall(r"<svg.*?</svg>", html, re.DOTALL)
+    assert any("&lt;script&gt;" in svg for svg in svgs)
+
+
+def test_write_report(tmp_path: Path, result: dict[str, Any], html: str) -> None:
+    path = write_report(result, tmp_path / "out" / "report.html",
+                        sections=[{"title": "Extra", "text": "plugin says hi"}])
+    assert path == tmp_path / "out" / "report.html"
+    assert path.read_text(encoding="utf-8") == html
+
+
+def test_empty_result_renders() -> None:
+    html = render_report({"cells": []})
+    assert "No cell produced a value" in html and "<svg" not in html
+
+
+def test_matrix_frame(result: dict[str, Any]) -> None:
+    frame = matrix(result, "robust_accuracy")
+    assert list(frame.index) == list(DEFENSES)
+    assert frame.loc["input-noise", "pgd (eps=0.2)"] == robust("input-noise", "pgd", 0.2)
+    assert math.isnan(frame.loc["confidence-noise", "pgd (eps=0.2)"])
+    assert list(frame.columns)[:4] == [f"fgsm (eps={e:g})" for e in EPS]
+
+
+def test_worst_findings(result: dict[str, Any]) -> None:
+    findings = worst_findings(result, k=50)
+    by_metric = {f.metric: f for f in findings}
+    # Independent reference: the minimum robust accuracy over every ok cell.
+    ref = min((robust(d, a, e), d, a, e) for d in DEFENSES for a in STRENGTH for e in EPS
+              if not (a == "pgd" and d == "confidence-noise"))
+    worst = by_metric["robust_accuracy"]
+    assert (worst.value, worst.defense, worst.attack, worst.attack_point) == \
+        (ref[0], ref[1], ref[2], f"eps={ref[3]:g}")
+    assert by_metric["membership_auc"].defense == "none"  # highest AUC is worst
+    # Ranked by badness, bounded metrics first; the unbounded entropy comes last.
+    bounded = [f.badness for f in findings if f.badness is not None]
+    assert bounded == sorted(bounded, reverse=True)
+    assert findings[-1].metric == "prediction_entropy" and findings[-1].badness is None
+    assert len(worst_findings(result, k=3)) == 3
+
+
+def test_chart_labels_are_literal_text() -> None:
+    # "$...$" would be mathtext and a leading "_" hides a legend entry in matplotlib.
+    result = build_result(defenses=("none", "$x^2$", "_hidden"))
+    html = render_report(result)
+    svgs = "".join(re.findall(r"<svg.*?</svg>", html, re.DOTALL))
+    assert "$x^2$" in svgs and "_hidden" in svgs
