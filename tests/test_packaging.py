@@ -23,11 +23,18 @@ def source_modules() -> set[str]:
 
 
 def test_every_module_imports():
-    for info in pkgutil.walk_packages(gauntlet.__path__, "gauntlet."):
-        if info.name != "gauntlet.__main__":
-            importlib.import_module(info.name)
     plugins = importlib.import_module("gauntlet.plugins")
     reports = importlib.import_module("gauntlet.reports")
+    imported = set()
+    for package in (gauntlet, plugins, reports):
+        for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+            if info.name != "gauntlet.__main__":
+                importlib.import_module(info.name)
+                imported.add(info.name)
+    assert {"gauntlet.matrix", "gauntlet.plugins.metrics", "gauntlet.reports.html"} <= imported
+    expected = {n[:-3].replace("/", ".") for n in source_modules()
+                if not n.endswith(("__init__.py", "__main__.py"))}
+    assert imported == expected
     assert Path(plugins.__file__).parent.name == "plugins"
     assert Path(reports.__file__).parent.name == "reports"
 
