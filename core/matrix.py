@@ -2,8 +2,13 @@
 
 Each defended model is built once and shared by its cells. Each cell runs in isolation
 (pytest's CallInfo pattern): an exception becomes an ``error`` cell, a
-:class:`NotApplicable` a ``not_applicable`` cell, and the audit goes on. Every cell is
-seeded from the audit seed and its own id, so results do not depend on cell order.
+:class:`NotApplicable` a ``not_applicable`` cell, and the audit goes on.
+
+Every cell is seeded from the audit seed and its attack point, not its defense: each
+defense faces the same random draws of an attack (common random numbers), so
+differences between rows are the defenses' doing, and a poisoned training set is the
+same under every defense (its re-trained model is cached and shared). Results never
+depend on cell order.
 """
 from __future__ import annotations
 
@@ -67,8 +72,12 @@ class Cell:
         return f"{self.defense.name}{params_key(self.defense_params)}"
 
     @property
+    def attack_key(self) -> str:
+        return f"{self.attack.name}{params_key(self.attack_params)}"
+
+    @property
     def id(self) -> str:
-        return f"{self.defense_key}|{self.attack.name}{params_key(self.attack_params)}"
+        return f"{self.defense_key}|{self.attack_key}"
 
     @property
     def label(self) -> str:
@@ -153,7 +162,7 @@ class Runner:
             model = self.defended(cell)
             attack = cell.attack(**cell.attack_params)
             attack.check(model)
-            rng = seed_everything(derive_seed(self.seed, cell.id))
+            rng = seed_everything(derive_seed(self.seed, "attack|" + cell.attack_key))
             outcome = attack.run(model, self.dataset, rng)
             self._measure(attack, outcome, result)
         except NotApplicable as exc:

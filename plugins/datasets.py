@@ -2,15 +2,25 @@
 
 ``sklearn:digits`` is the embedded default: 1,797 8x8 grey images of handwritten digits,
 scaled to [0, 1] and split 75/25, stratified, with a fixed split seed.
+
+``idx:DIR`` reads the four MNIST-layout files (``train-images-idx3-ubyte``,
+``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each
+plain or ``.gz``) with a small IDX parser, e.g. Debian's dataset-fashion-mnist under
+``/usr/share/datasets/fashion-mnist``. ``npz:FILE`` reads ``x_train``, ``y_train``,
+``x_test``, ``y_test`` (optional ``class_names``, ``clip_values``) with
+``allow_pickle=False``. Both take ``limit_train`` / ``limit_test`` (keep the first N rows).
 """
 from __future__ import annotations
 
+import gzip
+import hashlib
+import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from gauntlet import DataError, Dataset, hookimpl
+from gauntlet import ConfigError, DataError, Dataset, hookimpl
 
 _TABULAR = ("iris", "wine", "breast_cancer")
 
@@ -46,9 +56,200 @@ def load_sklearn(name: str, options: Mapping[str, Any]) -> Dataset:
                                source={"spec": f"sklearn:{name}"})
 
 
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+# IDX type codes (third byte of the magic number); data is big-endian.
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _limits(options: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    out = []
+    for key in ("limit_train", "limit_test"):
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value <= 0):
+            raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        out.append(value)
+    return out[0], out[1]
+
+
+def read_idx(path: Path, limit: int | None = None) -> np.ndarray:
+    """Parse an IDX file (plain or gzip): the first ``limit`` rows, in the file's dtype."""
+    try:
+        with path.open("rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gz else path.open("rb")) as f:
+            return _read_idx(f, path, limit)
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"cannot read IDX file {path}: {exc}") from None
+
+
+def _read_idx(f: Any, path: Path, limit: int | None) -> np.ndarray:
+    magic = f.read(4)
+    if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] not in _IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file (bad magic number {magic.hex() or 'empty'})")
+    header = f.read(4 * magic[3])
+    if len(header) < 4 * magic[3]:
+        raise DataError(f"{path} is truncated: its header ends early")
+    dims = [int.from_bytes(header[i:i + 4], "big") for i in range(0, len(header), 4)]
+    if not dims:
+        raise DataError(f"{path} is not an IDX array (zero dimensions)")
+    dtype = np.dtype(_IDX_DTYPES[magic[2]])
+    rows = dims[0] if limit is None else min(dims[0], limit)
+    need = rows * math.prod(dims[1:]) * dtype.itemsize
+    data = f.read(need)
+    if len(data) < need:
+        raise DataError(f"{path} is truncated: {rows} rows of shape {tuple(dims[1:])} need "
+                        f"{need} bytes of data, the file has {len(data)}")
+    return np.frombuffer(data, dtype=dtype).reshape(rows, *dims[1:]).astype(dtype.newbyteorder("="))
+
+
+def _idx_file(root: Path, split: str, kind: str) -> Path:
+    n = 3 if kind == "images" else 1
+    for sep in ("-", "."):  # yann.lecun.com names use '-', some mirrors '.'
+        for ext in ("", ".gz"):
+            candidate = root / f"{split}-{kind}{sep}idx{n}-ubyte{ext}"
+            if candidate.is_file():
+                return candidate
+    raise DataError(f"{root} has no {split}-{kind}-idx{n}-ubyte (or .gz) file; an IDX dataset "
+                    "directory holds train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                    "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_idx(directory: str, options: Mapping[str, Any]) -> Dataset:
+    """An MNIST-layout IDX directory as a Dataset: images (N, 1, H, W) in [0, 1]."""
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        raise DataError(f"IDX data directory not found: {root}")
+    limit_train, limit_test = _limits(options)
+    limits = {"train": limit_train, "t10k": limit_test}
+    arrays, files = {}, {}
+    for split in ("train", "t10k"):
+        img_path, lab_path = _idx_file(root, split, "images"), _idx_file(root, split, "labels")
+        images = read_idx(img_path, limits[split])
+        labels = read_idx(lab_path)  # all labels (they are small) so n_classes is stable
+        if images.ndim != 3:
+            raise DataError(f"{img_path} holds an array shaped {images.shape[1:]} per row; "
+                            "IDX images must be (H, W)")
+        if not len(images):
+            raise DataError(f"{img_path} holds no images")
+        short = len(labels) < len(images)
+        if labels.ndim != 1 or short or (limits[split] is None and len(labels) != len(images)):
+            raise DataError(f"{lab_path} has {len(labels)} labels (shape {labels.shape}) for "
+                            f"{len(images)} images in {img_path.name}")
+        if images.dtype == np.uint8:
+            x = images.astype(np.float32) / 255.0
+        else:
+            x = images.astype(np.float32)
+        arrays[split] = (x[:, None, :, :], labels.astype(np.int64))
+        files.update({img_path.name: _sha256(img_path), lab_path.name: _sha256(lab_path)})
+    n_classes = int(max(arrays["train"][1].max(), arrays["t10k"][1].max())) + 1
+    (xtr, ytr), (xte, yte) = arrays["train"], arrays["t10k"]
+    ytr, yte = ytr[: len(xtr)], yte[: len(xte)]
+    if "fashion" in root.name.lower() and n_classes <= len(FASHION_MNIST_CLASSES):
+        names: tuple[str, ...] = FASHION_MNIST_CLASSES
+    else:
+        names = tuple(str(i) for i in range(n_classes))
+    lo, hi = float(min(xtr.min(), xte.min())), float(max(xtr.max(), xte.max()))
+    clip = (0.0, 1.0) if 0.0 <= lo and hi <= 1.0 else (lo, hi)
+    return Dataset.from_arrays(f"idx:{root.name}", xtr, ytr, xte, yte, n_classes=len(names),
+                               clip_values=clip, class_names=names,
+                               source={"spec": f"idx:{directory}", "path": str(root.resolve()),
+                                       "files": files})
+
+
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def load_npz(file: str, options: Mapping[str, Any]) -> Dataset:
+    """A .npz of x_train, y_train, x_test, y_test (+ class_names, clip_values) as a Dataset.
+
+    uint8 inputs are scaled to [0, 1]; uint8 (N, H, W) gains a channel axis and
+    (N, H, W, C) with C in 1, 3, 4 becomes channels-first. One-hot labels become indices.
+    """
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise DataError(f"NPZ data file not found: {path}")
+    with path.open("rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # np.load would take anything else for a pickle
+            raise DataError(f"{path} is not an .npz archive (numpy.savez output)")
+    try:
+        npz = np.load(path, allow_pickle=False)
+        with npz:
+            found = set(npz.files)
+            missing = [k for k in _NPZ_KEYS if k not in found]
+            if missing:
+                raise DataError(f"{path} lacks {', '.join(missing)}; expected keys "
+                                f"{', '.join(_NPZ_KEYS)} (optional class_names, clip_values), "
+                                f"found {', '.join(sorted(found)) or 'none'}")
+            wanted = (*_NPZ_KEYS, "class_names", "clip_values")
+            arrays = {k: npz[k] for k in wanted if k in found}
+    except DataError:
+        raise
+    except ValueError as exc:
+        if "allow_pickle" in str(exc):
+            raise DataError(f"{path} holds object arrays (pickled Python objects); Gauntlet "
+                            "reads NPZ with allow_pickle=False: save plain numeric arrays "
+                            "(and class_names as a string array)") from None
+        raise DataError(f"cannot read NPZ file {path}: {exc}") from None
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read NPZ file {path}: {exc}") from None
+    limit_train, limit_test = _limits(options)
+    xtr, xte = (_npz_inputs(arrays["x_train"])[:limit_train],
+                _npz_inputs(arrays["x_test"])[:limit_test])
+    ytr, yte = arrays["y_train"][:limit_train], arrays["y_test"][:limit_test]
+    n_classes = None
+    if ytr.ndim == 2 and yte.ndim == 2:  # one-hot
+        n_classes = ytr.shape[1]
+        ytr, yte = ytr.argmax(axis=1), yte.argmax(axis=1)
+    names: tuple[str, ...] = ()
+    if "class_names" in arrays:
+        names = tuple(str(c) for c in arrays["class_names"].reshape(-1))
+        n_classes = len(names)
+    if "clip_values" in arrays:
+        clip_arr = arrays["clip_values"].astype(np.float64).reshape(-1)
+        if clip_arr.shape != (2,) or not clip_arr[0] < clip_arr[1]:
+            raise DataError(f"{path}: clip_values must be [low, high], got {clip_arr.tolist()}")
+        clip = (float(clip_arr[0]), float(clip_arr[1]))
+    else:
+        lo, hi = float(min(xtr.min(initial=0), xte.min(initial=0))), float(
+            max(xtr.max(initial=1), xte.max(initial=1)))
+        clip = (lo, hi)
+    for split, y in (("y_train", ytr), ("y_test", yte)):
+        if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or np.all(np.mod(y, 1) == 0)):
+            raise DataError(f"{path}: {split} must be integer class labels (or one-hot), got "
+                            f"{y.dtype} shaped {y.shape}")
+    return Dataset.from_arrays(f"npz:{path.name}", xtr, ytr, xte, yte, n_classes=n_classes,
+                               clip_values=clip, class_names=names,
+                               source={"spec": f"npz:{file}", "path": str(path.resolve()),
+                                       "sha256": _sha256(path)})
+
+
+def _npz_inputs(x: np.ndarray) -> np.ndarray:
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+        if x.ndim == 3:  # grey images without a channel axis
+            x = x[:, None]
+        elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+            x = x.transpose(0, 3, 1, 2)  # channels-last to channels-first
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 @hookimpl
 def load_dataset(spec: str, options: Mapping[str, Any]) -> Dataset | None:
     scheme, _, rest = spec.partition(":")
     if scheme == "sklearn":
         return load_sklearn(rest, options)
+    if scheme == "idx":
+        return load_idx(rest, options)
+    if scheme == "npz":
+        return load_npz(rest, options)
     return None
