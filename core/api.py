@@ -137,7 +137,7 @@ def wrap_module(module: Any, dataset: Dataset, name: str = "in-memory module") -
     try:
         with torch.no_grad():
             out = module(torch.as_tensor(dataset.x_test[:2]))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a user's model raises, the data misfits
         raise DataError(f"data {dataset.name!r} shaped {dataset.input_shape} does not fit "
                         f"the model: {type(exc).__name__}: {exc}") from None
     return Model(module, input_shape=dataset.input_shape, n_classes=int(out.shape[-1]),
@@ -150,7 +150,7 @@ def check_fit(model: Model, dataset: Dataset) -> None:
     model.check_data(dataset)
     try:
         out = model.logits(dataset.x_test[:2])
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever a user's model raises, the data misfits
         raise DataError(f"data {dataset.name!r} shaped {dataset.input_shape} does not fit "
                         f"model {model.name!r}: {type(exc).__name__}: {exc}") from None
     if out.ndim != 2 or out.shape[1] != model.n_classes:

@@ -49,7 +49,7 @@ class Entry:
 
     kind: str  # attack | defense | metric
     name: str
-    cls: type
+    cls: Any  # an Attack, Defense or Metric subclass, by kind
     plugin: PluginInfo
 
     @property

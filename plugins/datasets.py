@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from gauntlet import ConfigError, DataError, Dataset, hookimpl
 
 _TABULAR = ("iris", "wine", "breast_cancer")

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from markupsafe import Markup
+
 from gauntlet.reports.tables import (
     Key,
     attack_keys,
@@ -23,7 +25,6 @@ from gauntlet.reports.tables import (
     label,
     metric_value,
 )
-from markupsafe import Markup
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -185,7 +185,9 @@ def _seconds(value: Any) -> str:
     if value < 60:
         return f"{value:.1f} s"
     minutes, secs = divmod(round(value), 60)
-    return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def _direction(meta: MetricMeta) -> str:

@@ -139,8 +139,8 @@ def attack_keys(result: Mapping[str, Any]) -> list[Key]:
 
 def cell_index(result: Mapping[str, Any]) -> dict[tuple[str, str, str, str], Mapping[str, Any]]:
     """Cells by (defense, defense_point, attack, attack_point)."""
-    return {(c["defense"], c.get("defense_point") or "", c["attack"], c.get("attack_point") or ""): c
-            for c in result.get("cells", [])}
+    return {(c["defense"], c.get("defense_point") or "", c["attack"],
+             c.get("attack_point") or ""): c for c in result.get("cells", [])}
 
 
 def metric_value(cell: Mapping[str, Any], metric: str) -> float | None:

@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 
 from gauntlet import (
-    Access, Attack, CleanOutcome, ConfigError, Defense, EvasionOutcome, Family, Metric, Stage,
-    hookimpl, proportion,
+    Access,
+    Attack,
+    CleanOutcome,
+    ConfigError,
+    Defense,
+    EvasionOutcome,
+    Family,
+    Metric,
+    Stage,
+    hookimpl,
+    proportion,
 )
 from gauntlet.matrix import Runner, Selection, plan, run_cells
 from gauntlet.registry import make_registry
@@ -105,7 +114,8 @@ def registry():
     ns = types.SimpleNamespace(__name__="test_plugins")
     ns.register_attacks = hookimpl(lambda register: [register(c) for c in
                                                      (RandomSign, Crashes, NeedsGradients)])
-    ns.register_defenses = hookimpl(lambda register: [register(c) for c in (NoDefense, HideGradients)])
+    ns.register_defenses = hookimpl(
+        lambda register: [register(c) for c in (NoDefense, HideGradients)])
     ns.register_metrics = hookimpl(lambda register: register(Accuracy))
     return make_registry(entrypoints=False, plugins={"test": ns})
 

@@ -62,7 +62,8 @@ def test_misspelt_hook_marks_plugin_broken():
     def register_atacks(register):  # misspelt on purpose
         register(Probe)
 
-    reg = make_registry(entrypoints=False, plugins={"typo": plugin(register_atacks=register_atacks)})
+    reg = make_registry(entrypoints=False,
+                        plugins={"typo": plugin(register_atacks=register_atacks)})
     assert not reg.attacks
     assert "register_atacks" in reg.broken[0].error
 

@@ -9,6 +9,7 @@ from statistics import NormalDist
 from typing import Any
 
 import pytest
+
 from gauntlet import wilson
 from gauntlet.reports.html import render_report, write_report
 from gauntlet.reports.tables import matrix, worst_findings

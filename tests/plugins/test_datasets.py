@@ -12,7 +12,11 @@ import pytest
 
 from gauntlet import ConfigError, DataError
 from gauntlet.plugins.datasets import (
-    FASHION_MNIST_CLASSES, load_dataset, load_idx, load_npz, read_idx,
+    FASHION_MNIST_CLASSES,
+    load_dataset,
+    load_idx,
+    load_npz,
+    read_idx,
 )
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -1,0 +1,195 @@
+"""Audits end to end: the Python API, the demo through the CLI, third-party plugins,
+escaping of plugin text, crashing plugins, determinism."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import gauntlet
+from gauntlet import Access, Attack, EvasionOutcome, Family, hookimpl
+from gauntlet.registry import make_registry
+
+EXAMPLE_PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "gauntlet-example-plugin"
+
+
+def in_process(name: str, *classes) -> dict:
+    ns = types.SimpleNamespace(__name__=name)
+    ns.register_attacks = hookimpl(lambda register: [register(c) for c in classes])
+    return {name: ns}
+
+
+class Explodes(Attack):
+    """Raises mid-attack.
+
+    Test attack.
+    """
+
+    name = "explodes"
+    family = Family.EVASION
+    needs = Access.LABELS
+
+    def run(self, model, dataset, rng):
+        raise RuntimeError("kaboom in plugin")
+
+
+class Shady(Attack):
+    """<script>alert('description')</script> does nothing.
+
+    Test attack whose name and description carry markup.
+    """
+
+    name = "<script>alert('name')</script>"
+    family = Family.EVASION
+    needs = Access.LABELS
+    outcome = EvasionOutcome
+
+    def run(self, model, dataset, rng):
+        p = model.predict(dataset.x_test)
+        return EvasionOutcome(y_true=dataset.y_test, proba=p, proba_clean=p)
+
+
+@pytest.fixture(scope="module")
+def small_audit(digits, digits_model):
+    return gauntlet.audit(model=digits_model, data=digits,
+                          attacks={"fgsm": {"eps": [0.1, 0.3]}, "noise": {"eps": [0.3]},
+                                   "mia-threshold": {}, "trash-bucket": {"samples": 200}},
+                          defenses=["none", "confidence-clip"], samples=120, seed=0)
+
+
+def test_table_is_tidy_and_matches_cells(small_audit):
+    table = small_audit.table
+    assert isinstance(table, pd.DataFrame)
+    assert {"defense", "attack", "attack_point", "metric", "value", "n", "status"} <= set(table)
+    assert not table.duplicated(["cell_id", "metric"]).any()
+    ok = table[table.status == "ok"]
+    for _, row in ok.sample(10, random_state=0).iterrows():
+        cell = next(c for c in small_audit.cells if c["id"] == row.cell_id)
+        assert cell["metrics"][row.metric]["value"] == pytest.approx(row.value)
+
+
+def test_gradient_attack_behind_score_only_defense_is_not_applicable(small_audit):
+    cells = [c for c in small_audit.cells
+             if c["defense"] == "confidence-clip" and c["attack"] == "fgsm"]
+    assert cells and all(c["status"] == "not_applicable" for c in cells)
+    assert all("gradient" in c["reason"] for c in cells)
+
+
+def test_clean_accuracy_reported_for_every_defense(small_audit, digits, digits_model):
+    for defense in ("none", "confidence-clip"):
+        assert small_audit.value("clean_accuracy", "clean", defense) is not None
+    rows = digits.subsample_test(120, 0)
+    expected = (digits_model.predict(rows.x_test).argmax(1) == rows.y_test).mean()
+    assert small_audit.value("clean_accuracy", "clean", "none") == pytest.approx(expected)
+
+
+def test_write_report_writes_html_json_csv(small_audit, tmp_path):
+    path = small_audit.write_report(tmp_path / "r" / "report.html")
+    html = path.read_text()
+    assert path.name == "report.html" and "<svg" in html
+    data = json.loads((path.parent / "results.json").read_text())
+    assert len(data["cells"]) == len(small_audit.cells)
+    csv = pd.read_csv(path.parent / "results.csv")
+    assert len(csv) == len(small_audit.table)
+
+
+def test_same_seed_same_numbers(digits, digits_model):
+    def run(seed):
+        result = gauntlet.audit(model=digits_model, data=digits,
+                                attacks={"noise": {"eps": [0.2]}, "mia-threshold": {}},
+                                defenses=["none", "input-noise"], samples=80, seed=seed)
+        return result.table[["cell_id", "metric", "value"]].fillna(-1)
+
+    first = run(0)
+    pd.testing.assert_frame_equal(first, run(0))
+    assert not first.equals(run(1))
+
+
+def test_crashing_plugin_becomes_an_error_cell(digits, digits_model):
+    registry = make_registry(plugins=in_process("crashy", Explodes))
+    result = gauntlet.audit(model=digits_model, data=digits, attacks=["explodes", "noise"],
+                            defenses=["none"], samples=50, registry=registry)
+    (cell,) = [c for c in result.cells if c["attack"] == "explodes"]
+    assert cell["status"] == "error" and "kaboom in plugin" in cell["reason"]
+    assert all(c["status"] == "ok" for c in result.cells if c["attack"] == "noise")
+
+
+def test_plugin_markup_is_escaped_in_the_report(digits, digits_model, tmp_path):
+    registry = make_registry(plugins=in_process("shady", Shady))
+    result = gauntlet.audit(model=digits_model, data=digits, attacks=[Shady.name],
+                            defenses=["none"], samples=30, registry=registry)
+    html = result.write_report(tmp_path / "report.html").read_text()
+    assert "<script>alert(" not in html
+    assert "&lt;script&gt;alert(" in html
+    assert "alert(&#39;name&#39;)" in html or "alert(&#x27;name&#x27;)" in html
+
+
+@pytest.mark.slow
+def test_demo_audit_through_the_cli(tmp_path):
+    """`gauntlet audit` with no arguments: every built-in attack x every built-in defense."""
+    proc = subprocess.run([sys.executable, "-m", "gauntlet", "audit", "--no-progress"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "gauntlet-report"
+    html = (out / "report.html").read_text()
+    data = json.loads((out / "results.json").read_text())
+    attacks = {c["attack"] for c in data["cells"]}
+    defenses = {c["defense"] for c in data["cells"]}
+    assert {"clean", "fgsm", "pgd", "noise", "mia-threshold", "label-flip",
+            "trash-bucket"} <= attacks
+    assert {"none", "confidence-clip", "input-noise", "confidence-noise"} <= defenses
+    assert not [c for c in data["cells"] if c["status"] == "error"], proc.stderr
+    for metric in ("robust_accuracy", "clean_accuracy", "membership_advantage",
+                   "poisoned_accuracy", "top_class_share"):
+        assert metric in html
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") \
+        .replace("http://www.w3.org/1999/xlink", "")
+    assert len(pd.read_csv(out / "results.csv")) > len(data["cells"])
+    assert (out / "cells.jsonl").read_text().count("\n") == len(data["cells"])
+    # the undefended CNN is accurate and FGSM at the largest eps hurts it
+    none = {(c["attack"], c["attack_point"]): c for c in data["cells"] if c["defense"] == "none"}
+    clean = none[("clean", "")]["metrics"]["clean_accuracy"]["value"]
+    assert clean > 0.9
+    assert none[("fgsm", "eps=0.3")]["metrics"]["robust_accuracy"]["value"] < clean - 0.2
+
+
+@pytest.fixture(scope="module")
+def example_plugin_path(tmp_path_factory):
+    """The example plugin package, really installed (pip, into a target folder)."""
+    target = tmp_path_factory.mktemp("site")
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                           "--no-build-isolation", "--target", str(target),
+                           str(EXAMPLE_PLUGIN)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return target
+
+
+def test_third_party_plugin_is_listed(example_plugin_path):
+    env = {**os.environ, "PYTHONPATH": str(example_plugin_path)}
+    proc = subprocess.run([sys.executable, "-m", "gauntlet", "plugins", "--json"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [r for r in json.loads(proc.stdout) if r["name"] == "box-blur"]
+    assert row["kind"] == "attack" and row["distribution"] == "gauntlet-example-plugin"
+    assert row["version"] == "0.1.0" and row["description"].startswith("Blurs each image")
+
+
+def test_third_party_attack_is_a_column_of_matrix_and_report(example_plugin_path, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(example_plugin_path)}
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "gauntlet", "audit", "--attacks",
+                           "noise,box-blur", "--defenses", "none", "--samples", "100",
+                           "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((out / "results.json").read_text())
+    blur = [c for c in data["cells"] if c["attack"] == "box-blur"]
+    assert len(blur) == 2 and all(c["status"] == "ok" for c in blur)
+    assert all("robust_accuracy" in c["metrics"] for c in blur)
+    assert "box-blur" in (out / "report.html").read_text()

@@ -1,0 +1,133 @@
+"""The CLI as a user runs it: exit codes and messages for bad input, plugin listing."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def gauntlet(*args: str, cwd: Path | None = None, env: dict | None = None):
+    return subprocess.run([sys.executable, "-m", "gauntlet", *args], capture_output=True,
+                          text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def assert_bad_input(proc, *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("gauntlet: error:")]
+    assert len(lines) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_missing_config_file(tmp_path):
+    assert_bad_input(gauntlet("audit", str(tmp_path / "nope.toml")), "config file not found",
+                     "nope.toml")
+
+
+def test_missing_model_file(tmp_path):
+    assert_bad_input(gauntlet("audit", "--model", str(tmp_path / "missing.pt"),
+                              "--out", str(tmp_path / "o")), "missing.pt")
+
+
+def test_unknown_attack_name(tmp_path):
+    assert_bad_input(gauntlet("audit", "--attacks", "fgsm,no-such-attack",
+                              "--out", str(tmp_path)),
+                     "unknown attack 'no-such-attack'", "known attacks:", "fgsm")
+
+
+def test_unknown_defense_name(tmp_path):
+    assert_bad_input(gauntlet("audit", "--defenses", "armour", "--out", str(tmp_path)),
+                     "unknown defense 'armour'")
+
+
+def test_malformed_toml(tmp_path):
+    cfg = write(tmp_path / "bad.toml", "seed = = 3\n[model\n")
+    assert_bad_input(gauntlet("audit", str(cfg)), "malformed TOML", "bad.toml")
+
+
+def test_unknown_parameter(tmp_path):
+    cfg = write(tmp_path / "a.toml", "[attacks.fgsm]\nepsilon = 0.1\n")
+    assert_bad_input(gauntlet("audit", str(cfg)), "unknown parameter 'epsilon'",
+                     "known parameters:", "eps")
+
+
+def test_ill_typed_parameter(tmp_path):
+    cfg = write(tmp_path / "a.toml", '[attacks.fgsm]\neps = "large"\n')
+    assert_bad_input(gauntlet("audit", str(cfg)), "parameter 'eps' must be float")
+
+
+def test_ill_typed_top_level_key(tmp_path):
+    cfg = write(tmp_path / "a.toml", 'seed = "zero"\n')
+    assert_bad_input(gauntlet("audit", str(cfg)), "seed must be")
+
+
+def test_unknown_top_level_key(tmp_path):
+    cfg = write(tmp_path / "a.toml", 'sead = 1\n')
+    assert_bad_input(gauntlet("audit", str(cfg)), "unknown config key 'sead'")
+
+
+def test_data_that_does_not_fit_the_model(tmp_path, digits_model):
+    import torch
+
+    path = tmp_path / "digits_cnn.pt"
+    torch.jit.trace(digits_model.module, torch.zeros(1, 1, 8, 8)).save(str(path))
+    assert_bad_input(gauntlet("audit", "--model", str(path), "--data", "sklearn:wine",
+                              "--out", str(tmp_path / "o")), "does not fit", "sklearn:wine")
+
+
+def test_model_file_that_needs_unpickling_is_refused(tmp_path, digits_model):
+    import torch
+
+    path = tmp_path / "pickled.pt"
+    torch.save(digits_model.module, path)  # a whole pickled module, not weights
+    proc = gauntlet("audit", "--model", str(path), "--out", str(tmp_path / "o"))
+    assert_bad_input(proc, "unpickl")
+
+
+def test_unknown_data_spec(tmp_path):
+    assert_bad_input(gauntlet("audit", "--data", "s3://bucket/x", "--out", str(tmp_path)),
+                     "no dataset loader understands")
+
+
+def test_plugins_lists_builtins_as_json():
+    proc = gauntlet("plugins", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    keys = {"kind", "name", "distribution", "version", "description"}
+    assert all(keys <= set(r) for r in rows)
+    names = {(r["kind"], r["name"]) for r in rows}
+    for expected in [("attack", "fgsm"), ("attack", "pgd"), ("attack", "noise"),
+                     ("attack", "mia-threshold"), ("attack", "label-flip"),
+                     ("attack", "trash-bucket"), ("defense", "none"),
+                     ("defense", "confidence-clip"), ("defense", "input-noise"),
+                     ("defense", "confidence-noise"), ("metric", "robust_accuracy")]:
+        assert expected in names
+    assert not [r for r in rows if r["kind"] == "broken"]
+    assert {r["distribution"] for r in rows} == {"gauntlet"}
+
+
+def test_plugins_table_has_one_line_per_plugin():
+    proc = gauntlet("plugins")
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    assert lines[0].split()[:2] == ["KIND", "NAME"]
+    assert any(ln.split()[:2] == ["attack", "fgsm"] and "gauntlet" in ln for ln in lines)
+
+
+def test_report_rerenders_from_results_json(tmp_path):
+    bad = write(tmp_path / "results.json", "{not json")
+    assert_bad_input(gauntlet("report", str(bad)), "is not a results.json")
+    assert_bad_input(gauntlet("report", str(tmp_path / "none.json")), "not found")
+
+
+def test_unknown_flag_exits_2():
+    proc = gauntlet("audit", "--frobnicate")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
