@@ -170,7 +170,8 @@ def _catalogue(registry: Registry) -> dict[str, Any]:
                     "description": e.cls.description(), **plug(e)}
                 for n, e in registry.entries["attack"].items()}
     defenses = {n: {"stage": e.cls.stage.value, "description": e.cls.description(),
-                    "evaluation": getattr(e.cls, "evaluation", ""), **plug(e)}
+                    "evaluation": e.cls.evaluation, "adaptive": bool(e.cls.adaptive),
+                    **plug(e)}
                 for n, e in registry.entries["defense"].items()}
     metrics = {n: {"title": e.cls.title or n, "higher_is_better": e.cls.higher_is_better,
                    "bounds": list(e.cls.bounds) if e.cls.bounds else None,

@@ -28,14 +28,16 @@ class Stage(str, enum.Enum):
 class Defense(Component):
     """Base class of defenses.
 
-    Subclasses set ``name``, ``stage``, ``params`` and ``evaluation`` (one sentence: how
-    attacks are run against this defense, e.g. whether gradients pass through it, so the
-    report can say whether the evaluation is adaptive), and implement :meth:`apply`.
+    Subclasses set ``name``, ``stage``, ``params``, ``evaluation`` (one sentence: how
+    attacks are run against this defense, e.g. whether gradients pass through it) and
+    ``adaptive`` (False when attacks cannot account for the defense, so its robustness
+    numbers are only an upper bound; the report flags it), and implement :meth:`apply`.
     """
 
     kind: ClassVar[str] = "defense"
     stage: ClassVar[Stage] = Stage.INPUT
     evaluation: ClassVar[str] = ""
+    adaptive: ClassVar[bool] = True
 
     def apply(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> Model:
         """Return the defended model. Must not modify ``model``."""

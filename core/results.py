@@ -14,7 +14,7 @@ Results are data first. ``results.json`` is one object::
                           "plugin", "distribution", "version"}},
       "attacks":  {NAME: {"family", "needs", "description", "plugin", "distribution",
                           "version"}},
-      "defenses": {NAME: {"stage", "description", "evaluation", "plugin",
+      "defenses": {NAME: {"stage", "description", "evaluation", "adaptive", "plugin",
                           "distribution", "version"}},
       "cells": [CELL, ...]
     }

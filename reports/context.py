@@ -34,7 +34,6 @@ from gauntlet.reports.tables import (
 )
 
 TOP_FINDINGS = 8
-_NOT_ADAPTIVE = re.compile(r"\b(not adaptive|non-adaptive|not an adaptive)\b", re.IGNORECASE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -308,7 +307,7 @@ def _defenses(result: Mapping[str, Any]) -> list[DefenseNote]:
         clean = ", ".join(f"{v} ({dp})" if dp else v for dp, v in accs) or "—"
         evaluation = _text(meta.get("evaluation"))
         notes.append(DefenseNote(name, _text(meta.get("stage")), _text(meta.get("description")),
-                                 evaluation, bool(_NOT_ADAPTIVE.search(evaluation)), clean))
+                                 evaluation, meta.get("adaptive") is False, clean))
     return notes
 
 
