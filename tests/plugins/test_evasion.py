@@ -228,3 +228,16 @@ def test_bad_parameters_are_config_errors(params: dict, digits: Dataset, digits_
                                           rng: np.random.Generator) -> None:
     with pytest.raises(ConfigError):
         evasion.FGSM(**params).run(digits_model, digits, rng)
+
+
+def test_fgsm_art_backend_matches_the_torch_step(digits, digits_model, rows, rng):
+    """backend="art" runs ART's FastGradientMethod itself; both backends agree."""
+    for eps in (0.1, 0.2):
+        art = evasion.FGSM(eps=eps, samples=ROWS, backend="art").run(digits_model, digits, rng)
+        ours = evasion.FGSM(eps=eps, samples=ROWS).run(digits_model, digits, rng)
+        assert robust_accuracy(art) == pytest.approx(robust_accuracy(ours), abs=0.001)
+        np.testing.assert_allclose(art.proba, ours.proba, atol=1e-4)
+        assert art.linf <= eps + 1e-6
+    assert all(p.grad is None for p in digits_model.module.parameters())
+    with pytest.raises(ConfigError, match="backend must be"):
+        evasion.FGSM(eps=0.1, backend="jax").run(digits_model, digits, rng)
