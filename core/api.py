@@ -218,8 +218,10 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
         defense_sel = [Selection("none")]
     cells = plan(registry, defense_sel, attack_sel)  # validates names and parameters
 
+    log.info("loading data %s", cfg.data if not isinstance(data, Dataset) else data.name)
     dataset = data if isinstance(data, Dataset) else \
         load_dataset(registry, cfg.data, cfg.data_options)
+    log.info("loading model %s (built-in models train now)", cfg.model)
     if isinstance(model, Model):
         the_model = model
     elif model is not None and not isinstance(model, str):
@@ -240,6 +242,7 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
         if on_cell is not None:
             on_cell(cell)
 
+    log.info("running %d cells on %d test rows", len(cells), len(evaluated.x_test))
     cell_results = run_cells(runner, cells, progress=progress, on_result=record)
     result["cells"] = [c.to_dict() for c in cell_results]
     result["provenance"]["duration_s"] = round(time.perf_counter() - started, 2)

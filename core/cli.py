@@ -66,9 +66,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
                               samples=args.samples)
     if args.arch:
         cfg.model_options["arch"] = args.arch
-    progress = not args.no_progress and sys.stderr.isatty()
-    if not progress:
-        log.info("running audit of %s on %s", cfg.model, cfg.data)
+    progress = not args.no_progress
+    if progress and not args.verbose:
+        # Stage messages (loading, training) while the progress bar is not up yet.
+        logging.getLogger("gauntlet").setLevel(logging.INFO)
     result = audit(config=cfg, progress=progress, out=cfg.out)
     counts = {s: sum(c["status"] == s for c in result.cells)
               for s in ("ok", "not_applicable", "error")}

@@ -123,6 +123,18 @@ def test_plugins_table_has_one_line_per_plugin():
 
 
 def test_report_rerenders_from_results_json(tmp_path):
+    out = tmp_path / "audit"
+    proc = gauntlet("audit", "--attacks", "noise", "--defenses", "none", "--samples", "50",
+                    "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "audit:" in proc.stderr and "running" in proc.stderr  # progress and stages shown
+    first = (out / "report.html").read_text()
+    proc = gauntlet("report", str(out / "results.json"), "--out", str(tmp_path / "again.html"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "again.html").read_text() == first  # data first: same report
+
+
+def test_report_refuses_what_is_not_results_json(tmp_path):
     bad = write(tmp_path / "results.json", "{not json")
     assert_bad_input(gauntlet("report", str(bad)), "is not a results.json")
     assert_bad_input(gauntlet("report", str(tmp_path / "none.json")), "not found")
