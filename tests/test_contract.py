@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from gauntlet import Attack, Dataset, Defense, Metric, Model, NotApplicable
-from gauntlet.registry import make_registry
 from gauntlet.plugins.torch_models import load_model
+from gauntlet.registry import make_registry
 
 REGISTRY = make_registry()
 ATTACKS = sorted(REGISTRY.attacks.items())
