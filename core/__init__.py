@@ -21,6 +21,7 @@ from gauntlet.errors import (  # noqa: E402
     NotApplicable,
     PluginError,
 )
+from gauntlet.files import sha256_file  # noqa: E402
 from gauntlet.metric import Metric, MetricValue, proportion, wilson  # noqa: E402
 from gauntlet.model import Access, Model, Recipe  # noqa: E402
 from gauntlet.outcome import (  # noqa: E402
@@ -49,7 +50,7 @@ __all__ = [
     "EvasionOutcome", "ExtractionOutcome", "Family", "GauntletError", "MembershipOutcome",
     "Metric", "MetricValue", "Model", "ModelLoadError", "NotApplicable", "Outcome",
     "PluginError", "PoisoningOutcome", "Predictions", "ProbeOutcome", "Recipe", "Stage",
-    "__version__", "audit", "hookimpl", "proportion", "wilson",
+    "__version__", "audit", "hookimpl", "proportion", "sha256_file", "wilson",
 ]
 
 from gauntlet.training import train_classifier  # noqa: E402

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import platform
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from gauntlet import config as config_mod
 from gauntlet.dataset import Dataset
 from gauntlet.errors import ConfigError, DataError, ModelLoadError
+from gauntlet.files import sha256_file
 from gauntlet.matrix import Clean, Runner, Selection, plan, run_cells
 from gauntlet.model import Model
 from gauntlet.registry import Registry, make_registry
@@ -86,14 +86,6 @@ class AuditResult:
             json.dumps(self.result, indent=1, default=str), encoding="utf-8")
         self.table.to_csv(path.parent / "results.csv", index=False)
         return write_report(self.result, path, self.sections())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -270,7 +262,7 @@ def _skeleton(cfg: config_mod.AuditConfig, registry: Registry, model: Model,
                   **{k: v for k, v in model.source.items() if isinstance(v, (str, int, float))}}
     path = model.source.get("path")
     if path and "sha256" not in model_info and Path(path).is_file():
-        model_info["sha256"] = _sha256(Path(path))
+        model_info["sha256"] = sha256_file(path)
     return {
         "schema": SCHEMA,
         "title": cfg.title,

@@ -13,7 +13,6 @@ plain or ``.gz``) with a small IDX parser, e.g. Debian's dataset-fashion-mnist u
 from __future__ import annotations
 
 import gzip
-import hashlib
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from gauntlet import ConfigError, DataError, Dataset, hookimpl
+from gauntlet import ConfigError, DataError, Dataset, hookimpl, sha256_file
 
 _TABULAR = ("iris", "wine", "breast_cancer")
 
@@ -117,14 +116,6 @@ def _idx_file(root: Path, split: str, kind: str) -> Path:
                     "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_idx(directory: str, options: Mapping[str, Any]) -> Dataset:
     """An MNIST-layout IDX directory as a Dataset: images (N, 1, H, W) in [0, 1]."""
     root = Path(directory).expanduser()
@@ -151,7 +142,7 @@ def load_idx(directory: str, options: Mapping[str, Any]) -> Dataset:
         else:
             x = images.astype(np.float32)
         arrays[split] = (x[:, None, :, :], labels.astype(np.int64))
-        files.update({img_path.name: _sha256(img_path), lab_path.name: _sha256(lab_path)})
+        files.update({img_path.name: sha256_file(img_path), lab_path.name: sha256_file(lab_path)})
     n_classes = int(max(arrays["train"][1].max(), arrays["t10k"][1].max())) + 1
     (xtr, ytr), (xte, yte) = arrays["train"], arrays["t10k"]
     ytr, yte = ytr[: len(xtr)], yte[: len(xte)]
@@ -231,7 +222,7 @@ def load_npz(file: str, options: Mapping[str, Any]) -> Dataset:
     return Dataset.from_arrays(f"npz:{path.name}", xtr, ytr, xte, yte, n_classes=n_classes,
                                clip_values=clip, class_names=names,
                                source={"spec": f"npz:{file}", "path": str(path.resolve()),
-                                       "sha256": _sha256(path)})
+                                       "sha256": sha256_file(path)})
 
 
 def _npz_inputs(x: np.ndarray) -> np.ndarray:
