@@ -1,0 +1,57 @@
+"""Extraction metrics, measured on a real (small) theft run through the runner: a
+substitute trained on the victim's answers to test-split queries."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gauntlet
+from gauntlet import Access, Attack, ExtractionOutcome, Family, hookimpl
+from gauntlet.plugins.extraction import Fidelity, SubstituteAccuracy
+from gauntlet.registry import make_registry
+
+
+class QueryTheft(Attack):
+    """Trains a copy of the architecture on the victim's labels for the training inputs.
+
+    Test attack: the simplest label-only extraction (Tramer et al., 2016).
+    """
+
+    name = "query-theft"
+    family = Family.EXTRACTION
+    needs = Access.LABELS
+    needs_recipe = True
+    outcome = ExtractionOutcome
+
+    def run(self, model, dataset, rng):
+        stolen = model.predict(dataset.x_train).argmax(1)
+        substitute = model.retrain(dataset.x_train, stolen, seed=1)
+        return ExtractionOutcome(y_true=dataset.y_test, proba_victim=model.predict(dataset.x_test),
+                                 proba_substitute=substitute.predict(dataset.x_test),
+                                 queries=len(dataset.x_train))
+
+
+def test_metrics_against_hand_counts():
+    victim = np.eye(3)[[0, 1, 2, 2]]
+    substitute = np.eye(3)[[0, 1, 1, 2]]
+    outcome = ExtractionOutcome(y_true=np.array([0, 1, 2, 0]), proba_victim=victim,
+                                proba_substitute=substitute, queries=10)
+    assert Fidelity().evaluate(outcome).value == pytest.approx(3 / 4)
+    assert SubstituteAccuracy().evaluate(outcome).value == pytest.approx(2 / 4)
+    low, high = Fidelity().evaluate(outcome).low, Fidelity().evaluate(outcome).high
+    assert low < 0.75 < high
+
+
+@pytest.mark.slow
+def test_extraction_family_runs_through_the_matrix(digits, digits_model):
+    ns = type("P", (), {})()
+    ns.register_attacks = hookimpl(lambda register: register(QueryTheft))
+    registry = make_registry(plugins={"theft": ns})
+    result = gauntlet.audit(model=digits_model, data=digits, attacks=["query-theft"],
+                            defenses=["none", "confidence-noise"], samples=150, registry=registry)
+    for defense in ("none", "confidence-noise"):
+        fidelity = result.value("fidelity", "query-theft", defense)
+        clean = result.value("clean_accuracy", "clean", defense)
+        # a copy trained on the victim's own answers agrees with it most of the time
+        assert fidelity is not None and fidelity > 0.85
+        assert result.value("substitute_accuracy", "query-theft", defense) <= clean + 0.05
