@@ -175,7 +175,8 @@ def _catalogue(registry: Registry) -> dict[str, Any]:
 def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
           attacks: Sequence[str | Selection] | Mapping[str, Mapping[str, Any]] | None = None,
           defenses: Sequence[str | Selection] | Mapping[str, Mapping[str, Any]] | None = None,
-          seed: int | None = None, samples: int | None = None, out: str | Path | None = None,
+          seed: int | None = None, samples: int | None = None, timeout: float | None = None,
+          out: str | Path | None = None,
           config: str | Path | config_mod.AuditConfig | None = None,
           registry: Registry | None = None, progress: bool = False,
           on_cell: Callable[[CellResult], None] | None = None) -> AuditResult:
@@ -188,6 +189,7 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     :param defenses: as ``attacks``; None = all.
     :param config: an audit TOML file or AuditConfig; explicit arguments override it.
     :param registry: the plugins to use (default: every installed plugin).
+    :param timeout: seconds one cell may run before it becomes an error cell (0: none).
     :param out: if given, write report.html, results.json and results.csv there.
     """
     cfg = config if isinstance(config, config_mod.AuditConfig) else (
@@ -195,7 +197,7 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     cfg = config_mod.override(
         cfg, model=model if isinstance(model, str) else None,
         data=data if isinstance(data, str) else None, seed=seed, samples=samples,
-        out=str(out) if out is not None else None)
+        timeout=timeout, out=str(out) if out is not None else None)
     if attacks is not None:
         cfg.attacks = _as_selections(attacks)
     if defenses is not None:
@@ -225,7 +227,7 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
 
     result = _skeleton(cfg, registry, the_model, dataset, evaluated)
     store = Store(Path(cfg.out)) if out is not None or config is not None else None
-    runner = Runner(the_model, evaluated, registry.metrics.values(), cfg.seed)
+    runner = Runner(the_model, evaluated, registry.metrics.values(), cfg.seed, cfg.timeout)
     started = time.perf_counter()
 
     def record(cell: CellResult) -> None:

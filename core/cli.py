@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="output folder (default: gauntlet-report)")
     a.add_argument("--seed", type=int, help="random seed (same seed, same numbers)")
     a.add_argument("--samples", type=int, help="test rows evaluated per cell (0 = all)")
+    a.add_argument("--timeout", type=float,
+                   help="seconds a cell may run before it is recorded as an error (0 = none)")
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     pl = sub.add_parser("plugins", help="list installed plugins and what each provides")
@@ -63,7 +65,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config) if args.config else config_mod.AuditConfig()
     cfg = config_mod.override(cfg, model=args.model, data=args.data, attacks=args.attacks,
                               defenses=args.defenses, out=args.out, seed=args.seed,
-                              samples=args.samples)
+                              samples=args.samples, timeout=args.timeout)
     if args.arch:
         cfg.model_options["arch"] = args.arch
     progress = not args.no_progress

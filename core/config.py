@@ -6,6 +6,7 @@ An audit file looks like::
     seed = 0
     out = "gauntlet-report"
     samples = 0              # test rows evaluated per cell (0 = all)
+    timeout = 0              # seconds a cell may run before it is an error (0 = no limit)
 
     [model]
     spec = "builtin:cnn"     # or a file: cnn.pt (+ arch = "pkg.mod:factory"), net.pt2 ...
@@ -42,7 +43,8 @@ else:  # pragma: no cover
 DEFAULT_MODEL = "builtin:cnn"
 DEFAULT_DATA = "sklearn:digits"
 DEFAULT_OUT = "gauntlet-report"
-_TOP_KEYS = ("title", "seed", "out", "samples", "model", "data", "attacks", "defenses")
+_TOP_KEYS = ("title", "seed", "out", "samples", "timeout", "model", "data", "attacks",
+             "defenses")
 _FILE_SCHEMES = ("idx", "npz")
 
 
@@ -58,6 +60,7 @@ class AuditConfig:
     defenses: list[Selection] | None = None
     seed: int = 0
     samples: int = 0
+    timeout: float = 0.0
     out: str = DEFAULT_OUT
     title: str = "Gauntlet audit"
     source: str | None = None  # the config file, when there was one
@@ -67,7 +70,8 @@ class AuditConfig:
             return None if items is None else {s.name: dict(s.params) for s in items}
 
         return {"title": self.title, "seed": self.seed, "samples": self.samples,
-                "out": self.out, "model": {"spec": self.model, **self.model_options},
+                "timeout": self.timeout, "out": self.out,
+                "model": {"spec": self.model, **self.model_options},
                 "data": {"spec": self.data, **self.data_options},
                 "attacks": sel(self.attacks), "defenses": sel(self.defenses),
                 "source": self.source}
@@ -139,12 +143,15 @@ def from_mapping(raw: Mapping[str, Any], base: Path | None = None,
         defenses=_selections(raw["defenses"], "defenses") if "defenses" in raw else None,
         seed=_expect(raw.get("seed", 0), int, "seed"),
         samples=_expect(raw.get("samples", 0), int, "samples"),
+        timeout=float(_expect(raw.get("timeout", 0), (int, float), "timeout")),
         out=_expect(raw.get("out", DEFAULT_OUT), str, "out"),
         title=_expect(raw.get("title", "Gauntlet audit"), str, "title"),
         source=source,
     )
     if cfg.samples < 0:
         raise ConfigError(f"samples must be >= 0 (0 = all test rows), got {cfg.samples}")
+    if cfg.timeout < 0 or isinstance(raw.get("timeout"), bool):
+        raise ConfigError(f"timeout must be a number of seconds >= 0, got {raw.get('timeout')!r}")
     return cfg
 
 
@@ -165,7 +172,8 @@ def load(path: str | Path) -> AuditConfig:
 def override(cfg: AuditConfig, *, model: str | None = None, data: str | None = None,
              attacks: str | Sequence[str] | None = None,
              defenses: str | Sequence[str] | None = None, out: str | None = None,
-             seed: int | None = None, samples: int | None = None) -> AuditConfig:
+             seed: int | None = None, samples: int | None = None,
+             timeout: float | None = None) -> AuditConfig:
     """Apply CLI flags over a config. A named attack keeps the file's parameters for it."""
     def pick(current: list[Selection] | None, names: Any, where: str) -> list[Selection]:
         chosen = _selections(list(names) if not isinstance(names, str) else names, where)
@@ -192,4 +200,8 @@ def override(cfg: AuditConfig, *, model: str | None = None, data: str | None = N
         if samples < 0:
             raise ConfigError(f"--samples must be >= 0, got {samples}")
         changes["samples"] = samples
+    if timeout is not None:
+        if timeout < 0:
+            raise ConfigError(f"--timeout must be >= 0 seconds, got {timeout:g}")
+        changes["timeout"] = float(timeout)
     return dataclasses.replace(cfg, **changes)

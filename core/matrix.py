@@ -12,12 +12,15 @@ depend on cell order.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
+import signal
+import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -117,6 +120,38 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+class CellTimeout(Exception):
+    """A cell ran past the audit's per-cell time limit."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise CellTimeout in the block after ``seconds`` (0: no limit).
+
+    A SIGALRM timer: it only works on the main thread of a POSIX process (elsewhere the
+    limit is not enforced, and a debug line says so), and it interrupts Python code
+    between bytecodes, so one long native call finishes before the cell stops.
+    """
+    if seconds <= 0:
+        yield
+        return
+    if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        log.debug("per-cell timeout not enforced outside the main thread of a POSIX process")
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise CellTimeout(f"timed out after {seconds:g} s (the audit's per-cell limit)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _format_exception(exc: BaseException) -> tuple[str, str]:
     reason = f"{type(exc).__name__}: {exc}".strip()
     return reason, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -126,11 +161,12 @@ class Runner:
     """Runs cells against one model and dataset, building each defended model once."""
 
     def __init__(self, model: Model, dataset: Dataset, metrics: Iterable[type[Metric]],
-                 seed: int) -> None:
+                 seed: int, timeout: float = 0.0) -> None:
         self.model = model
         self.dataset = dataset
         self.metrics = [m() for m in metrics]
         self.seed = seed
+        self.timeout = timeout
         self._defended: dict[str, Model | BaseException] = {}
 
     def defended(self, cell: Cell) -> Model:
@@ -159,12 +195,13 @@ class Runner:
         )
         start = time.perf_counter()
         try:
-            model = self.defended(cell)
-            attack = cell.attack(**cell.attack_params)
-            attack.check(model)
-            rng = seed_everything(derive_seed(self.seed, "attack|" + cell.attack_key))
-            outcome = attack.run(model, self.dataset, rng)
-            self._measure(attack, outcome, result)
+            with deadline(self.timeout):
+                model = self.defended(cell)
+                attack = cell.attack(**cell.attack_params)
+                attack.check(model)
+                rng = seed_everything(derive_seed(self.seed, "attack|" + cell.attack_key))
+                outcome = attack.run(model, self.dataset, rng)
+                self._measure(attack, outcome, result)
         except NotApplicable as exc:
             result.status, result.reason = "not_applicable", str(exc)
         except Exception as exc:  # noqa: BLE001 - a crashing plugin never ends the audit

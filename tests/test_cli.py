@@ -143,3 +143,8 @@ def test_report_refuses_what_is_not_results_json(tmp_path):
 def test_unknown_flag_exits_2():
     proc = gauntlet("audit", "--frobnicate")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_negative_timeout_is_bad_input(tmp_path):
+    cfg = write(tmp_path / "a.toml", "timeout = -1\n")
+    assert_bad_input(gauntlet("audit", str(cfg)), "timeout must be")

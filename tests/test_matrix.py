@@ -191,3 +191,33 @@ def test_defense_that_fails_to_build_errors_its_cells_only(registry, digits, dig
     results = run_cells(Runner(digits_model, data, [Accuracy], 0), cells, progress=False)
     assert results[0].status == "error" and "cannot build" in results[0].reason
     assert results[1].status == "ok"
+
+
+class Sleeps(Attack):
+    """Sleeps in Python code for a long time.
+
+    Test attack.
+    """
+
+    name = "sleeps"
+    family = Family.EVASION
+
+    def run(self, model, dataset, rng):
+        import time
+        for _ in range(200):
+            time.sleep(0.05)
+        raise AssertionError("the deadline should have stopped this cell")
+
+
+def test_a_cell_past_the_timeout_is_an_error_and_the_audit_goes_on(digits, digits_model):
+    from gauntlet.matrix import Cell
+    data = digits.subsample_test(30, 0)
+    cells = [Cell(NoDefense, {}, "", Sleeps, {}, ""),
+             Cell(NoDefense, {}, "", RandomSign, {"eps": 0.1}, "")]
+    runner = Runner(digits_model, data, [Accuracy], 0, timeout=0.3)
+    slow, fast = run_cells(runner, cells, progress=False)
+    assert slow.status == "error" and "timed out after 0.3 s" in slow.reason
+    assert slow.duration_s < 2.0
+    assert fast.status == "ok"
+    import signal
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no timer left behind
