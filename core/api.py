@@ -18,7 +18,7 @@ from gauntlet.matrix import Clean, Runner, Selection, plan, run_cells
 from gauntlet.model import Model
 from gauntlet.registry import Registry, make_registry
 from gauntlet.results import SCHEMA, CellResult, tidy_rows
-from gauntlet.store import Store
+from gauntlet.store import Store, fingerprint
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -178,7 +178,7 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
           seed: int | None = None, samples: int | None = None, timeout: float | None = None,
           out: str | Path | None = None,
           config: str | Path | config_mod.AuditConfig | None = None,
-          registry: Registry | None = None, progress: bool = False,
+          registry: Registry | None = None, progress: bool = False, resume: bool = False,
           on_cell: Callable[[CellResult], None] | None = None) -> AuditResult:
     """Run an audit and return its result (the report is written only if ``out`` is set).
 
@@ -191,6 +191,8 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     :param registry: the plugins to use (default: every installed plugin).
     :param timeout: seconds one cell may run before it becomes an error cell (0: none).
     :param out: if given, write report.html, results.json and results.csv there.
+    :param resume: reuse the finished cells in ``out/cells.jsonl`` of an interrupted
+        audit with the same config, model, data and plugin versions.
     """
     cfg = config if isinstance(config, config_mod.AuditConfig) else (
         config_mod.load(config) if config is not None else config_mod.AuditConfig())
@@ -226,7 +228,9 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     evaluated = dataset.subsample_test(cfg.samples, cfg.seed)
 
     result = _skeleton(cfg, registry, the_model, dataset, evaluated)
-    store = Store(Path(cfg.out)) if out is not None or config is not None else None
+    store = None
+    if out is not None or config is not None:
+        store = Store(Path(cfg.out), fingerprint(_identity(result)), resume=resume)
     runner = Runner(the_model, evaluated, registry.metrics.values(), cfg.seed, cfg.timeout)
     started = time.perf_counter()
 
@@ -237,13 +241,36 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
             on_cell(cell)
 
     log.info("running %d cells on %d test rows", len(cells), len(evaluated.x_test))
-    cell_results = run_cells(runner, cells, progress=progress, on_result=record)
+    cell_results = run_cells(runner, cells, progress=progress, on_result=record,
+                             done=store.done if store is not None else None)
     result["cells"] = [c.to_dict() for c in cell_results]
     result["provenance"]["duration_s"] = round(time.perf_counter() - started, 2)
     audit_result = AuditResult(result, registry)
     if store is not None:
         audit_result.write_report(store.folder / "report.html")
     return audit_result
+
+
+def weights_sha256(model: Model) -> str:
+    """The SHA-256 of the model's parameters and buffers, in state_dict order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in model.module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _identity(result: dict[str, Any]) -> dict[str, Any]:
+    """What decides an audit's numbers: config (less where it is written), model, data,
+    and the plugins with their versions."""
+    prov = result["provenance"]
+    config = {k: v for k, v in result["config"].items() if k not in ("out", "source", "title")}
+    return {"config": config, "model": prov["model"], "data": prov["data"],
+            "gauntlet": prov["gauntlet"], "libraries": prov["libraries"],
+            "plugins": [(p["kind"], p["name"], p["distribution"], p["version"])
+                        for p in prov["plugins"]]}
 
 
 def _as_selections(value: Any) -> list[Selection]:
@@ -265,6 +292,7 @@ def _skeleton(cfg: config_mod.AuditConfig, registry: Registry, model: Model,
     path = model.source.get("path")
     if path and "sha256" not in model_info and Path(path).is_file():
         model_info["sha256"] = sha256_file(path)
+    model_info["weights_sha256"] = weights_sha256(model)
     return {
         "schema": SCHEMA,
         "title": cfg.title,

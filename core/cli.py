@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--samples", type=int, help="test rows evaluated per cell (0 = all)")
     a.add_argument("--timeout", type=float,
                    help="seconds a cell may run before it is recorded as an error (0 = none)")
+    a.add_argument("--resume", action="store_true",
+                   help="reuse finished cells of an interrupted audit of the same config")
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     pl = sub.add_parser("plugins", help="list installed plugins and what each provides")
@@ -72,7 +74,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if progress and not args.verbose:
         # Stage messages (loading, training) while the progress bar is not up yet.
         logging.getLogger("gauntlet").setLevel(logging.INFO)
-    result = audit(config=cfg, progress=progress, out=cfg.out)
+    result = audit(config=cfg, progress=progress, out=cfg.out, resume=args.resume)
     counts = {s: sum(c["status"] == s for c in result.cells)
               for s in ("ok", "not_applicable", "error")}
     out = Path(cfg.out)
@@ -141,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gauntlet: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("gauntlet: interrupted; finished cells are in cells.jsonl", file=sys.stderr)
+        print("gauntlet: interrupted; finished cells are in cells.jsonl "
+              "(run again with --resume to reuse them)", file=sys.stderr)
         return 130
 
 

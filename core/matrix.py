@@ -229,18 +229,26 @@ class Runner:
 
 
 def run_cells(runner: Runner, cells: Sequence[Cell], *, progress: bool = True,
-              on_result: Callable[[CellResult], None] | None = None) -> list[CellResult]:
-    """Run ``cells`` in order with a progress bar (done/total, current cell)."""
+              on_result: Callable[[CellResult], None] | None = None,
+              done: Mapping[str, Mapping[str, Any]] | None = None) -> list[CellResult]:
+    """Run ``cells`` in order with a progress bar (done/total, current cell).
+
+    :param done: finished cell records by id (a resumed audit): reused, not run again.
+    """
     from tqdm.auto import tqdm
 
+    done = done or {}
     results = []
     with tqdm(total=len(cells), unit="cell", desc="audit", disable=not progress,
               dynamic_ncols=True) as bar:
         for cell in cells:
             bar.set_postfix_str(cell.label, refresh=True)
-            result = runner.run_cell(cell)
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
+            if cell.id in done:
+                results.append(CellResult(**done[cell.id]))
+            else:
+                result = runner.run_cell(cell)
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
             bar.update(1)
     return results

@@ -1,35 +1,76 @@
 """Cell results persisted as they finish, so a crash or Ctrl-C loses nothing done.
 
-``cells.jsonl`` in the output folder gets one line per finished cell; the final
-results.json, results.csv and report.html are written when the audit ends.
+``cells.jsonl`` in the output folder starts with a header line holding the audit's
+fingerprint (config, model, data, plugin versions), then one line per finished cell.
+With ``resume``, an audit whose fingerprint matches reuses the finished cells (``ok`` and
+``not_applicable``; error cells run again) and appends the rest.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from gauntlet.errors import ConfigError
 from gauntlet.results import CellResult
 
+log = logging.getLogger(__name__)
+_REUSABLE = ("ok", "not_applicable")
+
+
+def fingerprint(identity: Any) -> str:
+    """A stable digest of everything that decides an audit's numbers."""
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
 
 class Store:
     """Appends each cell's record to ``folder/cells.jsonl`` as soon as it is known."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, fingerprint: str = "", resume: bool = False) -> None:
         self.folder = Path(folder)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create output folder {self.folder}: {exc}") from None
-        if not self.folder.is_dir():
-            raise ConfigError(f"output path {self.folder} exists and is not a folder")
         self.path = self.folder / "cells.jsonl"
-        self.path.write_text("", encoding="utf-8")  # a new audit starts a new log
+        self.fingerprint = fingerprint
+        self.done: dict[str, dict[str, Any]] = self._previous() if resume else {}
+        if self.done:
+            log.info("resuming: %d finished cells reused from %s", len(self.done), self.path)
+            return
+        with self.path.open("w", encoding="utf-8") as f:
+            f.write(json.dumps({"fingerprint": fingerprint}) + "\n")
+
+    def _previous(self) -> dict[str, dict[str, Any]]:
+        if not self.path.is_file():
+            return {}
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else {}
+            cells = [json.loads(line) for line in lines[1:] if line.strip()]
+        except json.JSONDecodeError:
+            # A crash can cut the last line short: keep what parses.
+            cells = []
+            for line in lines[1:]:
+                try:
+                    cells.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break
+            header = json.loads(lines[0]) if lines and lines[0].startswith("{") else {}
+        if header.get("fingerprint") != self.fingerprint:
+            log.warning("not resuming: %s belongs to an audit with another config, model, "
+                        "data or plugin versions; starting afresh", self.path)
+            return {}
+        return {c["id"]: c for c in cells if c.get("status") in _REUSABLE}
 
     def append(self, cell: CellResult) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(cell.to_dict(), default=str) + "\n")
 
     def read(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        """Every cell line (not the header)."""
+        lines = self.path.read_text(encoding="utf-8").splitlines()[1:]
+        return [json.loads(line) for line in lines if line]

@@ -9,6 +9,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -151,7 +152,7 @@ def test_demo_audit_through_the_cli(tmp_path):
     assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") \
         .replace("http://www.w3.org/1999/xlink", "")
     assert len(pd.read_csv(out / "results.csv")) > len(data["cells"])
-    assert (out / "cells.jsonl").read_text().count("\n") == len(data["cells"])
+    assert (out / "cells.jsonl").read_text().count("\n") == len(data["cells"]) + 1  # + header
     # the undefended CNN is accurate and FGSM at the largest eps hurts it
     none = {(c["attack"], c["attack_point"]): c for c in data["cells"] if c["defense"] == "none"}
     clean = none[("clean", "")]["metrics"]["clean_accuracy"]["value"]
@@ -193,3 +194,47 @@ def test_third_party_attack_is_a_column_of_matrix_and_report(example_plugin_path
     assert len(blur) == 2 and all(c["status"] == "ok" for c in blur)
     assert all("robust_accuracy" in c["metrics"] for c in blur)
     assert "box-blur" in (out / "report.html").read_text()
+
+
+class Counted(Attack):
+    """Counts its runs.
+
+    Test attack for resuming.
+    """
+
+    name = "counted"
+    family = Family.EVASION
+    needs = Access.LABELS
+    outcome = EvasionOutcome
+    params = {"eps": (0.1, 0.2)}
+    runs = 0
+
+    def run(self, model, dataset, rng):
+        type(self).runs += 1
+        x = np.clip(dataset.x_test + rng.uniform(-self.eps, self.eps, dataset.x_test.shape),
+                    0, 1).astype(np.float32)
+        return EvasionOutcome(y_true=dataset.y_test, proba=model.predict(x),
+                              proba_clean=model.predict(dataset.x_test))
+
+
+def test_resume_reuses_finished_cells_of_the_same_audit(digits, digits_model, tmp_path):
+    registry = make_registry(plugins=in_process("counted", Counted))
+
+    def run(**kw):
+        Counted.runs = 0
+        kwargs = {"model": digits_model, "data": digits, "attacks": ["counted"],
+                  "defenses": ["none"], "samples": 40, "registry": registry,
+                  "out": tmp_path, "seed": 0} | kw
+        return gauntlet.audit(**kwargs), Counted.runs
+
+    first, runs = run()
+    assert runs == 2 and all(c["status"] == "ok" for c in first.cells)
+    # an interrupted audit: only the first attack cell made it to disk
+    log = (tmp_path / "cells.jsonl").read_text().splitlines()
+    (tmp_path / "cells.jsonl").write_text("\n".join(log[:3]) + "\n")  # header, clean, eps=0.1
+    resumed, runs = run(resume=True)
+    assert runs == 1  # only eps=0.2 ran again
+    numbers = ["cell_id", "metric", "value", "low", "high", "n", "status"]
+    pd.testing.assert_frame_equal(resumed.table[numbers], first.table[numbers])
+    _, runs = run(resume=True, seed=1)  # another audit: nothing reused
+    assert runs == 2
