@@ -97,8 +97,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    widths = {"kind": 8, "name": 18, "group": 16, "source": 24}
-    print(f"{'KIND':<8} {'NAME':<18} {'FAMILY/STAGE':<16} {'FROM':<24} DESCRIPTION")
+    widths = {"kind": 8, "name": 20, "group": 16, "source": 24}
+    print(f"{'KIND':<8} {'NAME':<20} {'FAMILY/STAGE':<16} {'FROM':<24} DESCRIPTION")
     for row in rows:
         source = f"{row['distribution']} {row['version']}".strip()
         print(f"{row['kind']:<{widths['kind']}} {row['name']:<{widths['name']}} "

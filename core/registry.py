@@ -29,6 +29,7 @@ GROUP = "gauntlet"
 _REGISTER_HOOKS = {"attack": "register_attacks", "defense": "register_defenses",
                    "metric": "register_metrics"}
 _BASES: dict[str, type] = {"attack": Attack, "defense": Defense, "metric": Metric}
+_OTHER_HOOKS = ("load_model", "load_dataset", "report_sections")
 
 
 @dataclasses.dataclass
@@ -112,8 +113,19 @@ class Registry:
             raise PluginError("; ".join(self.conflicts))
 
     def describe(self) -> list[dict[str, Any]]:
-        """Every plugin class (and every broken plugin), for `gauntlet plugins`."""
+        """Every plugin class, every loader or report-section plugin, and every broken
+        plugin, for `gauntlet plugins`."""
         rows = [e.describe() for kind in self.entries.values() for e in kind.values()]
+        for p in self.plugins:
+            hooks = [h for h in p.hooks if h in _OTHER_HOOKS]
+            if p.error or not hooks:
+                continue
+            plugin = self.pm.get_plugin(p.name)
+            doc = (getattr(plugin, "__doc__", None) or "").strip()
+            rows.append({"kind": "hooks", "name": p.name, "group": ", ".join(hooks),
+                         "plugin": p.name, "distribution": p.distribution,
+                         "version": p.version,
+                         "description": doc.splitlines()[0] if doc else ""})
         for p in self.broken:
             rows.append({"kind": "broken", "name": p.name, "group": "", "plugin": p.name,
                          "distribution": p.distribution, "version": p.version,

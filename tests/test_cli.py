@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def gauntlet(*args: str, cwd: Path | None = None, env: dict | None = None):
     return subprocess.run([sys.executable, "-m", "gauntlet", *args], capture_output=True,
@@ -148,3 +150,36 @@ def test_unknown_flag_exits_2():
 def test_negative_timeout_is_bad_input(tmp_path):
     cfg = write(tmp_path / "a.toml", "timeout = -1\n")
     assert_bad_input(gauntlet("audit", str(cfg)), "timeout must be")
+
+
+@pytest.fixture
+def broken_distribution(tmp_path):
+    """A distribution whose `gauntlet` entry point fails to import (a missing dependency)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "broken_plugin.py").write_text("import no_such_dependency_xyz\n")
+    info = site / "gauntlet_broken-0.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gauntlet-broken\nVersion: 0.3\n")
+    (info / "entry_points.txt").write_text("[gauntlet]\nbroken = broken_plugin\n")
+    return {"PYTHONPATH": str(site)}
+
+
+def test_plugin_that_fails_to_import_is_listed_broken_and_the_rest_work(broken_distribution,
+                                                                        tmp_path):
+    proc = gauntlet("plugins", "--json", env=broken_distribution)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    (broken,) = [r for r in rows if r["kind"] == "broken"]
+    assert broken["name"] == "broken" and broken["distribution"] == "gauntlet-broken"
+    assert broken["version"] == "0.3" and "no_such_dependency_xyz" in broken["description"]
+    assert ("attack", "fgsm") in {(r["kind"], r["name"]) for r in rows}
+    proc = gauntlet("audit", "--attacks", "noise", "--defenses", "none", "--samples", "30",
+                    "--out", str(tmp_path / "o"), "--no-progress", env=broken_distribution)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_loader_plugins_are_listed_with_their_hooks():
+    rows = json.loads(gauntlet("plugins", "--json").stdout)
+    hooks = {r["name"]: r["group"] for r in rows if r["kind"] == "hooks"}
+    assert hooks == {"torch_models": "load_model", "datasets": "load_dataset"}
