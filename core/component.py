@@ -58,6 +58,12 @@ class Component:
 
     def __init__(self, **values: Any) -> None:
         self.values: Params = self.resolve(values)
+        self.validate()
+
+    def validate(self) -> None:
+        """Check parameter values beyond their types (ranges, combinations); raise
+        ConfigError. Called on construction, so the planner reports a bad value before
+        the audit starts."""
 
     def __getattr__(self, key: str) -> Any:
         # Parameters read as attributes: self.eps. Only reached when normal lookup fails.

@@ -92,7 +92,8 @@ class Cell:
 def plan(registry: Registry, defenses: Sequence[Selection],
          attacks: Sequence[Selection]) -> list[Cell]:
     """Expand the selections into cells: every defense point x (clean + every attack
-    point). Unknown names and parameters raise ConfigError before anything runs."""
+    point). Unknown names, parameters and bad values raise ConfigError before anything
+    runs: every point is constructed once here, which runs the plugin's own checks."""
     defense_grid = [(registry.get("defense", s.name), p, label)
                     for s in defenses
                     for p, label in registry.get("defense", s.name).grid(s.params)]
@@ -100,6 +101,8 @@ def plan(registry: Registry, defenses: Sequence[Selection],
         (registry.get("attack", s.name), p, label)
         for s in attacks for p, label in registry.get("attack", s.name).grid(s.params)
     ]
+    for cls, point, _ in defense_grid + attack_grid:
+        cls(**point)
     return [Cell(d, dp, dl, a, ap, al) for d, dp, dl in defense_grid
             for a, ap, al in attack_grid]
 

@@ -175,15 +175,17 @@ class FGSM(Attack):
     # the speed budget; "art" runs ART's FastGradientMethod itself.
     params = {"eps": EPS_SWEEP, "batch_size": 256, "samples": 0, "backend": "torch"}
 
+    def validate(self) -> None:
+        _check_budget(self.owner(), self.eps, self.batch_size)
+        if self.backend not in ("torch", "art"):
+            raise ConfigError(f"{self.owner()}: backend must be 'torch' or 'art', "
+                              f"got {self.backend!r}")
+
     def run(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> EvasionOutcome:
         self.check(model)
-        _check_budget(self.owner(), self.eps, self.batch_size)
         x, y = _test_rows(dataset, self.samples)
         if self.backend == "art":
             return self._run_art(model, x, y)
-        if self.backend != "torch":
-            raise ConfigError(f"{self.owner()}: backend must be 'torch' or 'art', "
-                              f"got {self.backend!r}")
         return self._run_torch(model, x, y)
 
     def _run_art(self, model: Model, x: np.ndarray, y: np.ndarray) -> EvasionOutcome:
@@ -239,14 +241,16 @@ class PGD(Attack):
     params = {"eps": EPS_SWEEP, "step_ratio": 0.25, "max_iter": 20, "num_random_init": 1,
               "batch_size": 256, "samples": 0}
 
-    def run(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> EvasionOutcome:
-        from art.attacks.evasion import ProjectedGradientDescent
-
-        self.check(model)
+    def validate(self) -> None:
         _check_budget(self.owner(), self.eps, self.batch_size)
         if not (self.step_ratio > 0 and self.max_iter >= 1 and self.num_random_init >= 0):
             raise ConfigError(f"{self.owner()}: needs step_ratio > 0, max_iter >= 1 and "
                               f"num_random_init >= 0; got {self.values}")
+
+    def run(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> EvasionOutcome:
+        from art.attacks.evasion import ProjectedGradientDescent
+
+        self.check(model)
         x, y = _test_rows(dataset, self.samples)
         if self.eps == 0 or not len(x):
             x_adv = x.copy()
@@ -278,9 +282,11 @@ class UniformNoise(Attack):
     outcome = EvasionOutcome
     params = {"eps": EPS_SWEEP, "samples": 0}
 
+    def validate(self) -> None:
+        _check_budget(self.owner(), self.eps)
+
     def run(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> EvasionOutcome:
         self.check(model)
-        _check_budget(self.owner(), self.eps)
         x, y = _test_rows(dataset, self.samples)
         noise = rng.uniform(-self.eps, self.eps, size=x.shape).astype(np.float32)
         x_adv = np.clip(x + noise, *model.clip_values).astype(np.float32, copy=False)

@@ -183,3 +183,14 @@ def test_loader_plugins_are_listed_with_their_hooks():
     rows = json.loads(gauntlet("plugins", "--json").stdout)
     hooks = {r["name"]: r["group"] for r in rows if r["kind"] == "hooks"}
     assert hooks == {"torch_models": "load_model", "datasets": "load_dataset"}
+
+
+@pytest.mark.parametrize("table, message", [
+    ("[attacks.fgsm]\neps = [0.1, -0.2]\n", "eps must be >= 0"),
+    ("[attacks.label-flip]\nfraction = 1.5\n", "fraction must be in [0, 1]"),
+])
+def test_out_of_range_value_is_bad_input_before_the_audit_starts(tmp_path, table, message):
+    cfg = write(tmp_path / "a.toml", table)
+    proc = gauntlet("audit", str(cfg), "--out", str(tmp_path / "o"))
+    assert_bad_input(proc, message)
+    assert not (tmp_path / "o" / "cells.jsonl").exists()  # nothing ran
