@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import logging
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -242,10 +243,14 @@ def run_cells(runner: Runner, cells: Sequence[Cell], *, progress: bool = True,
 
     done = done or {}
     results = []
-    with tqdm(total=len(cells), unit="cell", desc="audit", disable=not progress,
+    # A terminal gets a live bar; a log file or CI gets one plain line per cell.
+    live = progress and sys.stderr.isatty()
+    with tqdm(total=len(cells), unit="cell", desc="audit", disable=not live,
               dynamic_ncols=True) as bar:
-        for cell in cells:
+        for i, cell in enumerate(cells, 1):
             bar.set_postfix_str(cell.label, refresh=True)
+            if progress and not live:
+                log.info("cell %d/%d: %s", i, len(cells), cell.label)
             if cell.id in done:
                 results.append(CellResult(**done[cell.id]))
             else:

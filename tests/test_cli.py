@@ -129,7 +129,8 @@ def test_report_rerenders_from_results_json(tmp_path):
     proc = gauntlet("audit", "--attacks", "noise", "--defenses", "none", "--samples", "50",
                     "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "audit:" in proc.stderr and "running" in proc.stderr  # progress and stages shown
+    assert "running 5 cells" in proc.stderr  # stages shown
+    assert "cell 5/5: none / noise (eps=0.3)" in proc.stderr  # progress, one line a cell
     first = (out / "report.html").read_text()
     proc = gauntlet("report", str(out / "results.json"), "--out", str(tmp_path / "again.html"))
     assert proc.returncode == 0, proc.stderr
