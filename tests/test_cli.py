@@ -76,6 +76,7 @@ def test_unknown_top_level_key(tmp_path):
     assert_bad_input(gauntlet("audit", str(cfg)), "unknown config key 'sead'")
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:FutureWarning")  # a user's old file
 def test_data_that_does_not_fit_the_model(tmp_path, digits_model):
     import torch
 
