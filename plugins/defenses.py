@@ -141,7 +141,8 @@ class ConfidenceClip(Defense):
     evaluation = (
         "Clipped logits would mask gradients and fake robustness, so the served model "
         "exposes scores only and gradient attacks on it are not run (not applicable); "
-        "score- and decision-based attacks evaluate it."
+        "here the noise baseline, membership, poisoning and probe attacks evaluate it "
+        "(score- and decision-based evasion attacks are still to come)."
     )
 
     def apply(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> Model:
@@ -183,7 +184,8 @@ class ConfidenceNoise(Defense):
     evaluation = (
         "Noisy scores would mask gradients and fake robustness, so the served model "
         "exposes scores only and gradient attacks on it are not run (not applicable); "
-        "score- and decision-based attacks evaluate it."
+        "here the noise baseline, membership, poisoning and probe attacks evaluate it "
+        "(score- and decision-based evasion attacks are still to come)."
     )
 
     def apply(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> Model:
