@@ -196,3 +196,23 @@ def test_out_of_range_value_is_bad_input_before_the_audit_starts(tmp_path, table
     proc = gauntlet("audit", str(cfg), "--out", str(tmp_path / "o"))
     assert_bad_input(proc, message)
     assert not (tmp_path / "o" / "cells.jsonl").exists()  # nothing ran
+
+
+def test_config_paths_are_relative_to_the_config_file(tmp_path, digits):
+    import numpy as np
+
+    project = tmp_path / "project"
+    project.mkdir()
+    np.savez(project / "digits.npz", x_train=digits.x_train[:300], y_train=digits.y_train[:300],
+             x_test=digits.x_test[:60], y_test=digits.y_test[:60])
+    cfg = write(project / "audit.toml", '[model]\nspec = "builtin:cnn"\nepochs = 2\n'
+                '[data]\nspec = "npz:digits.npz"\n[attacks.noise]\neps = 0.1\n'
+                '[defenses.none]\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = gauntlet("audit", str(cfg), "--out", "out", "--no-progress", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((elsewhere / "out" / "results.json").read_text())
+    assert data["provenance"]["data"]["n_train"] == 300
+    assert data["provenance"]["data"]["sha256"]  # the file's hash is in the provenance
+    assert {c["attack"] for c in data["cells"]} == {"clean", "noise"}
