@@ -227,7 +227,9 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     check_fit(the_model, dataset)
     evaluated = dataset.subsample_test(cfg.samples, cfg.seed)
 
-    result = _skeleton(cfg, registry, the_model, dataset, evaluated)
+    result = _skeleton(cfg, registry, the_model, dataset, evaluated,
+                       passed_model=model is not None and not isinstance(model, str),
+                       passed_data=isinstance(data, Dataset))
     store = None
     if out is not None or config is not None:
         store = Store(Path(cfg.out), fingerprint(_identity(result)), resume=resume)
@@ -255,10 +257,14 @@ def weights_sha256(model: Model) -> str:
     """The SHA-256 of the model's parameters and buffers, in state_dict order."""
     import hashlib
 
+    import torch
+
     h = hashlib.sha256()
     for name, tensor in model.module.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        t = tensor.detach().cpu().contiguous().flatten()
+        h.update(f"{name}:{t.dtype}:{tuple(tensor.shape)}".encode())
+        # Bytes via uint8, so dtypes numpy lacks (bfloat16) hash too.
+        h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -282,10 +288,14 @@ def _as_selections(value: Any) -> list[Selection]:
 
 
 def _skeleton(cfg: config_mod.AuditConfig, registry: Registry, model: Model,
-              dataset: Dataset, evaluated: Dataset) -> dict[str, Any]:
+              dataset: Dataset, evaluated: Dataset, *, passed_model: bool,
+              passed_data: bool) -> dict[str, Any]:
     import gauntlet
 
-    model_info = {"name": model.name, "spec": cfg.model, "input_shape": list(model.input_shape),
+    # A spec only when the audit loaded from it; an object passed in brings its own.
+    model_spec = model.source.get("spec", "(in-memory)") if passed_model else cfg.model
+    data_spec = dataset.source.get("spec", dataset.name) if passed_data else cfg.data
+    model_info = {"name": model.name, "spec": model_spec, "input_shape": list(model.input_shape),
                   "n_classes": model.n_classes, "access": model.access.name.lower(),
                   "recipe": model.recipe.description if model.recipe else None,
                   **{k: v for k, v in model.source.items() if isinstance(v, (str, int, float))}}
@@ -301,7 +311,7 @@ def _skeleton(cfg: config_mod.AuditConfig, registry: Registry, model: Model,
             "platform": platform.platform(), "libraries": _versions(), "seed": cfg.seed,
             "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "model": model_info,
-            "data": {"name": dataset.name, "spec": cfg.data, "n_train": len(dataset.x_train),
+            "data": {"name": dataset.name, "spec": data_spec, "n_train": len(dataset.x_train),
                      "n_test": len(dataset.x_test), "n_eval": len(evaluated.x_test),
                      "input_shape": list(dataset.input_shape), "n_classes": dataset.n_classes,
                      **{k: v for k, v in dataset.source.items() if isinstance(v, str)}},

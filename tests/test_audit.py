@@ -238,3 +238,36 @@ def test_resume_reuses_finished_cells_of_the_same_audit(digits, digits_model, tm
     pd.testing.assert_frame_equal(resumed.table[numbers], first.table[numbers])
     _, runs = run(resume=True, seed=1)  # another audit: nothing reused
     assert runs == 2
+
+
+def test_provenance_names_what_was_audited_not_the_defaults():
+    import torch
+
+    from gauntlet.plugins.datasets import load_sklearn
+
+    iris = load_sklearn("iris", {})
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    result = gauntlet.audit(model=net, data=iris, attacks=["noise"], defenses=["none"],
+                            samples=20)
+    prov = result.result["provenance"]
+    assert prov["model"]["spec"] == "(in-memory)"  # not the default builtin:cnn
+    assert prov["model"]["format"] == "in-memory torch.nn.Module"
+    assert prov["data"]["spec"] == "sklearn:iris"  # not the default sklearn:digits
+    by_spec = gauntlet.audit(model="builtin:mlp", data="sklearn:iris", attacks=["noise"],
+                             defenses=["none"], samples=20)
+    assert by_spec.result["provenance"]["model"]["spec"] == "builtin:mlp"
+
+
+def test_weights_hash_follows_the_weights_of_any_dtype():
+    import torch
+
+    from gauntlet.api import weights_sha256
+
+    net = torch.nn.Linear(4, 3)
+    net.register_buffer("scale", torch.ones(2, dtype=torch.bfloat16))  # numpy has no bf16
+    model = gauntlet.Model(net, input_shape=(4,), n_classes=3)
+    first = weights_sha256(model)
+    assert first == weights_sha256(model)
+    with torch.no_grad():
+        net.weight[0, 0] += 1e-3
+    assert weights_sha256(model) != first
