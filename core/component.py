@@ -83,8 +83,7 @@ class Component:
     @classmethod
     def description(cls) -> str:
         """The first line of the class docstring."""
-        doc = (cls.__doc__ or "").strip()
-        return doc.splitlines()[0].strip() if doc else ""
+        return summary(cls)
 
     @classmethod
     def validate_class(cls) -> None:
@@ -137,6 +136,12 @@ class Component:
         swept = tuple(k for k, v in axes.items() if len(v) > 1)
         points = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
         return [(p, describe_point(p, swept)) for p in points]
+
+
+def summary(obj: object) -> str:
+    """The first line of an object's docstring ("" if it has none)."""
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return doc.splitlines()[0].strip() if doc else ""
 
 
 def params_key(point: Mapping[str, Any]) -> str:

@@ -5,6 +5,7 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, ClassVar
 
+from gauntlet.component import summary
 from gauntlet.errors import PluginError
 
 if TYPE_CHECKING:
@@ -69,8 +70,7 @@ class Metric:
 
     @classmethod
     def description(cls) -> str:
-        doc = (cls.__doc__ or "").strip()
-        return doc.splitlines()[0].strip() if doc else ""
+        return summary(cls)
 
     @classmethod
     def validate_class(cls) -> None:

@@ -19,6 +19,7 @@ import pluggy
 
 from gauntlet import hookspecs
 from gauntlet.attack import Attack
+from gauntlet.component import summary
 from gauntlet.defense import Defense
 from gauntlet.errors import ConfigError, PluginError
 from gauntlet.metric import Metric
@@ -120,12 +121,10 @@ class Registry:
             hooks = [h for h in p.hooks if h in _OTHER_HOOKS]
             if p.error or not hooks:
                 continue
-            plugin = self.pm.get_plugin(p.name)
-            doc = (getattr(plugin, "__doc__", None) or "").strip()
             rows.append({"kind": "hooks", "name": p.name, "group": ", ".join(hooks),
                          "plugin": p.name, "distribution": p.distribution,
                          "version": p.version,
-                         "description": doc.splitlines()[0] if doc else ""})
+                         "description": summary(self.pm.get_plugin(p.name))})
         for p in self.broken:
             rows.append({"kind": "broken", "name": p.name, "group": "", "plugin": p.name,
                          "distribution": p.distribution, "version": p.version,
