@@ -12,7 +12,6 @@ import importlib.metadata as md
 import logging
 import traceback
 from collections.abc import Callable, Iterable, Mapping
-from types import ModuleType
 from typing import Any
 
 import pluggy
@@ -224,9 +223,3 @@ def make_registry(*, entrypoints: bool = True,
         registry.add_plugin(plugin, name)
     return registry
 
-
-def builtin_module(name: str) -> ModuleType:
-    """Import a built-in plugin module by its entry-point name (for tests and examples)."""
-    import importlib
-
-    return importlib.import_module(f"gauntlet.plugins.{name}")

@@ -40,7 +40,6 @@ import math
 from typing import Any
 
 SCHEMA = 1
-STATUSES = ("ok", "error", "not_applicable")
 TABLE_COLUMNS = (
     "model", "defense", "defense_point", "attack", "family", "attack_point", "metric",
     "value", "low", "high", "n", "higher_is_better", "status", "reason", "duration_s",

@@ -47,30 +47,18 @@ class Store:
     def _previous(self) -> dict[str, dict[str, Any]]:
         if not self.path.is_file():
             return {}
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        try:
-            header = json.loads(lines[0]) if lines else {}
-            cells = [json.loads(line) for line in lines[1:] if line.strip()]
-        except json.JSONDecodeError:
-            # A crash can cut the last line short: keep what parses.
-            cells = []
-            for line in lines[1:]:
-                try:
-                    cells.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break
-            header = json.loads(lines[0]) if lines and lines[0].startswith("{") else {}
-        if header.get("fingerprint") != self.fingerprint:
+        records = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a crash can cut the last line short: keep what came before
+        if not records or records[0].get("fingerprint") != self.fingerprint:
             log.warning("not resuming: %s belongs to an audit with another config, model, "
                         "data or plugin versions; starting afresh", self.path)
             return {}
-        return {c["id"]: c for c in cells if c.get("status") in _REUSABLE}
+        return {c["id"]: c for c in records[1:] if c.get("status") in _REUSABLE}
 
     def append(self, cell: CellResult) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(cell.to_dict(), default=str) + "\n")
-
-    def read(self) -> list[dict[str, Any]]:
-        """Every cell line (not the header)."""
-        lines = self.path.read_text(encoding="utf-8").splitlines()[1:]
-        return [json.loads(line) for line in lines if line]

@@ -271,3 +271,15 @@ def test_weights_hash_follows_the_weights_of_any_dtype():
     with torch.no_grad():
         net.weight[0, 0] += 1e-3
     assert weights_sha256(model) != first
+
+
+def test_resume_survives_a_line_cut_short_by_a_crash(digits, digits_model, tmp_path):
+    registry = make_registry(plugins=in_process("counted", Counted))
+    kwargs = {"model": digits_model, "data": digits, "attacks": ["counted"],
+              "defenses": ["none"], "samples": 40, "registry": registry, "out": tmp_path}
+    gauntlet.audit(**kwargs)
+    lines = (tmp_path / "cells.jsonl").read_text().splitlines()
+    (tmp_path / "cells.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:25])
+    Counted.runs = 0
+    gauntlet.audit(**kwargs, resume=True)
+    assert Counted.runs == 1  # the cut line's cell ran again, the others were reused
