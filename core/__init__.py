@@ -22,6 +22,7 @@ from gauntlet.errors import (  # noqa: E402
     PluginError,
 )
 from gauntlet.files import sha256_file  # noqa: E402
+from gauntlet.intake import Finding, ScanReport, read_model_file  # noqa: E402
 from gauntlet.metric import Metric, MetricValue, proportion, wilson  # noqa: E402
 from gauntlet.model import Access, Model, Recipe  # noqa: E402
 from gauntlet.outcome import (  # noqa: E402
@@ -47,10 +48,12 @@ def audit(*args, **kwargs):  # type: ignore[no-untyped-def]
 
 __all__ = [
     "Access", "Attack", "CleanOutcome", "ConfigError", "DataError", "Dataset", "Defense",
-    "EvasionOutcome", "ExtractionOutcome", "Family", "GauntletError", "MembershipOutcome",
-    "Metric", "MetricValue", "Model", "ModelLoadError", "NotApplicable", "Outcome",
-    "PluginError", "PoisoningOutcome", "Predictions", "ProbeOutcome", "Recipe", "Stage",
-    "__version__", "audit", "hookimpl", "proportion", "sha256_file", "wilson",
+    "EvasionOutcome", "ExtractionOutcome", "Family", "Finding", "GauntletError",
+    "MembershipOutcome", "Metric", "MetricValue", "Model", "ModelLoadError", "NotApplicable",
+    "Outcome", "PluginError", "PoisoningOutcome", "Predictions", "ProbeOutcome", "Recipe",
+    "ScanReport", "Stage",
+    "__version__", "audit", "hookimpl", "proportion", "read_model_file", "sha256_file",
+    "wilson",
 ]
 
 from gauntlet.training import train_classifier  # noqa: E402

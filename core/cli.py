@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plugins", help="list installed plugins and what each provides")
     pl.add_argument("--json", action="store_true", help="print a JSON list")
 
+    sc = sub.add_parser("scan", help="say what a model file is and would do, without "
+                        "running it (exit 0 safe to load, 1 refused, 2 unreadable)")
+    sc.add_argument("file", help="a model file (TorchScript, .pt2, .pt, .safetensors, ...)")
+    sc.add_argument("--json", action="store_true", help="print the scan as JSON")
+
     r = sub.add_parser("report", help="re-render report.html from a results.json")
     r.add_argument("results", help="results.json written by an audit")
     r.add_argument("--out", help="HTML file to write (default: beside results.json)")
@@ -107,6 +112,43 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    from gauntlet.intake import scan
+    from gauntlet.registry import make_registry
+
+    report = scan(make_registry(), args.file)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(format_scan(report.to_dict()))
+    return 0 if report.safe else 1
+
+
+def format_scan(report: dict[str, Any]) -> str:
+    """A scan report as lines for a terminal."""
+    lines = [f"{report['path']}: {report['format']}, {report['size']:,} bytes",
+             f"sha256:  {report['sha256']}", f"verdict: {report['verdict']}"]
+    refused = {f["what"] for f in report["findings"] if f["refused"]}
+    for finding in report["findings"]:
+        mark = "REFUSED" if finding["refused"] else "note"
+        where = f" in {finding['where']}" if finding["where"] else ""
+        lines.append(f"  {mark}: {finding['what']}{where}")
+    inventory = report["inventory"]
+    if "operators" in inventory:
+        ops = inventory["operators"]
+        lines.append(f"operators: {len(ops)} distinct, {sum(ops.values())} call sites")
+        lines += [f"  {name:<40} {count:>5}{'  REFUSED' if name in refused else ''}"
+                  for name, count in ops.items()]
+    if "globals" in inventory:
+        lines.append(f"pickle globals: {len(inventory['globals'])}")
+        lines += [f"  {g['module']}.{g['name']:<40} {g['safety']}" for g in inventory["globals"]]
+    if "tensors" in inventory:
+        lines.append(f"tensors: {len(inventory['tensors'])}")
+        lines += [f"  {t['name']:<40} {t['dtype']:<10} {tuple(t['shape'])}"
+                  for t in inventory["tensors"]]
+    return "\n".join(lines)
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from gauntlet.api import AuditResult
     from gauntlet.registry import make_registry
@@ -136,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handler = {"audit": cmd_audit, "plugins": cmd_plugins, "report": cmd_report}
+    handler = {"audit": cmd_audit, "plugins": cmd_plugins, "report": cmd_report,
+               "scan": cmd_scan}
     try:
         return handler[args.command](args)
     except GauntletError as exc:

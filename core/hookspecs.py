@@ -14,9 +14,12 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from gauntlet.attack import Attack
     from gauntlet.dataset import Dataset
     from gauntlet.defense import Defense
+    from gauntlet.intake import ScanReport
     from gauntlet.metric import Metric
     from gauntlet.model import Model
 
@@ -35,6 +38,21 @@ def load_model(spec: str, options: Mapping[str, Any]) -> Model | None:
 
     Stops at the first non-None result. Raise :class:`gauntlet.ModelLoadError` for a
     file this plugin recognises but refuses (e.g. one that needs unpickling).
+    """
+
+
+@hookspec(firstresult=True)
+def scan_model(path: Path, data: bytes) -> ScanReport | None:
+    """Return what the model file at ``path`` is and would do, if this plugin reads its
+    format, else None. Nothing from the file may run while it is scanned.
+
+    :param path: the file as the user named it (for messages; its bytes are ``data``).
+    :param data: the file's bytes, read once by the caller.
+
+    Stops at the first non-None result. ``gauntlet scan`` prints the report; an audit
+    scans its model file the same way and refuses a report that is not ``safe``. A
+    plugin whose ``load_model`` reads a format should scan that format here, and its
+    loader should refuse what the scan refuses (see :mod:`gauntlet.intake`).
     """
 
 

@@ -29,7 +29,7 @@ GROUP = "gauntlet"
 _REGISTER_HOOKS = {"attack": "register_attacks", "defense": "register_defenses",
                    "metric": "register_metrics"}
 _BASES: dict[str, type] = {"attack": Attack, "defense": Defense, "metric": Metric}
-_OTHER_HOOKS = ("load_model", "load_dataset", "report_sections")
+_OTHER_HOOKS = ("load_model", "load_dataset", "scan_model", "report_sections")
 
 
 @dataclasses.dataclass

@@ -26,13 +26,10 @@ file is ours), the bytes are read once, hashed, and loaded from memory:
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import inspect
 import io
-import re
 import warnings
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -45,16 +42,11 @@ from gauntlet import (
     ModelLoadError,
     Recipe,
     hookimpl,
+    read_model_file,
     train_classifier,
 )
 
 _SUFFIXES = {".pt", ".pth", ".pt2", ".ts", ".torchscript", ".bin", ".ckpt", ".safetensors"}
-_RESAVE = ("re-save the model as weights plus an architecture, torch.save(model.state_dict(), "
-           "'model.pt') or safetensors.torch.save_file(model.state_dict(), "
-           "'model.safetensors') with arch = 'package.module:factory' under [model], or as a "
-           "program, torch.export.save(torch.export.export(model.eval(), (example_batch,)), "
-           "'model.pt2')")
-
 
 def build_cnn(input_shape: tuple[int, ...], n_classes: int) -> Any:
     """Two 3x3 conv layers, a 2x2 max-pool, one hidden dense layer."""
@@ -125,15 +117,22 @@ def load_model(spec: str, options: Mapping[str, Any]) -> Model | None:
 
 # -- model files ------------------------------------------------------------------------
 def _load_file(spec: str, path: Path, options: Mapping[str, Any]) -> Model | None:
-    data = path.read_bytes()
-    fmt = _sniff(data)
+    from gauntlet.plugins.scanners import scan_torch, sniff
+
+    data = read_model_file(path)
+    fmt = sniff(data)
     if fmt is None:
         if path.suffix.lower() in _SUFFIXES:
             raise ModelLoadError(f"{path} is not a model format Gauntlet reads (TorchScript, "
                                  "torch.export .pt2, state_dict .pt, .safetensors)")
         return None  # not ours: another plugin may know it
+    # The intake scan decides before anything from the file runs; the loaders below only
+    # ever see files it passed.
+    report, weights = scan_torch(path, data, fmt)
+    if not report.safe:
+        raise report.error()
     source = {"spec": spec, "path": str(path.resolve()), "format": fmt,
-              "sha256": hashlib.sha256(data).hexdigest()}
+              "sha256": report.sha256, "intake": report.to_dict()}
     recipe = None
     if fmt == "torchscript":
         module = _load_torchscript(path, data, options)
@@ -142,7 +141,10 @@ def _load_file(spec: str, path: Path, options: Mapping[str, Any]) -> Model | Non
 
         module = load_export(path, data)
     else:
-        weights = _read_weights(path, data, fmt)
+        if fmt == "safetensors":
+            weights = _read_safetensors(path, data)
+        else:
+            fmt = source["format"] = "state_dict"
         arch = options.get("arch")
         if not arch:
             raise ModelLoadError(f"{path} holds weights only ({fmt}); give the architecture "
@@ -154,69 +156,13 @@ def _load_file(spec: str, path: Path, options: Mapping[str, Any]) -> Model | Non
                  options=options)
 
 
-def _sniff(data: bytes) -> str | None:
-    """The format of a model file, from its bytes."""
-    if data[:4] == b"PK\x03\x04":
-        try:
-            names = zipfile.ZipFile(io.BytesIO(data)).namelist()
-        except zipfile.BadZipFile:
-            return None
-        inner = {n.split("/", 1)[1] for n in names if "/" in n}
-        if "constants.pkl" in inner or any(n.startswith("code/") for n in inner):
-            return "torchscript"
-        if "archive_format" in inner:
-            return "torch.export"
-        if "data.pkl" in inner:
-            return "state_dict"
-        return None
-    if len(data) > 9 and data[8:9] == b"{":
-        n = int.from_bytes(data[:8], "little")
-        if 0 < n <= len(data) - 8:
-            return "safetensors"
-    if data[:1] == b"\x80":  # pickle protocol 2+: a legacy torch.save, or any pickle
-        return "pickle"
-    return None
+def _read_safetensors(path: Path, data: bytes) -> dict[str, Any]:
+    from safetensors.torch import load as load_safetensors
 
-
-def _read_weights(path: Path, data: bytes, fmt: str) -> dict[str, Any]:
-    import pickle
-
-    import torch
-
-    if fmt == "safetensors":
-        from safetensors.torch import load as load_safetensors
-
-        try:
-            return load_safetensors(data)
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
-            raise ModelLoadError(f"{path} is not a readable safetensors file: {exc}") from None
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        # A bare pickle that is not a legacy torch.save file fails on torch's magic number
-        # rather than on a global; it is refused for the same reason.
-        if isinstance(exc, pickle.UnpicklingError) or fmt == "pickle":
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-            what = f" ({found.group(1)})" if found else ""
-            raise ModelLoadError(f"{path} holds pickled Python objects{what}; loading it would "
-                                 "mean unpickling, which can run arbitrary code, so Gauntlet "
-                                 f"refuses; {_RESAVE}") from None
-        raise ModelLoadError(f"{path} is not a readable PyTorch file: {exc}") from None
-    if isinstance(obj, Mapping) and not _all_tensors(obj):
-        for key in ("state_dict", "model_state_dict", "model"):  # common checkpoint layouts
-            if isinstance(obj.get(key), Mapping) and _all_tensors(obj[key]):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not _all_tensors(obj):
-        raise ModelLoadError(f"{path} is not a state_dict (a mapping of names to tensors); "
-                             f"it holds {type(obj).__name__}")
-    return dict(obj)
-
-
-def _all_tensors(obj: Mapping[str, Any]) -> bool:
-    import torch
-
-    return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+        return load_safetensors(data)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad file
+        raise ModelLoadError(f"{path} is not a readable safetensors file: {exc}") from None
 
 
 def _import_arch(arch: str) -> Callable[..., Any]:

@@ -16,7 +16,7 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 def test_every_hook_is_declared_with_the_marker():
     assert {n for n, _ in SPECS} == {"load_model", "load_dataset", "register_attacks",
                                      "register_defenses", "register_metrics",
-                                     "report_sections"}
+                                     "report_sections", "scan_model"}
 
 
 @pytest.mark.parametrize("name, spec", SPECS, ids=[n for n, _ in SPECS])
