@@ -303,6 +303,12 @@ def _skeleton(cfg: config_mod.AuditConfig, registry: Registry, model: Model,
     if path and "sha256" not in model_info and Path(path).is_file():
         model_info["sha256"] = sha256_file(path)
     model_info["weights_sha256"] = weights_sha256(model)
+    intake = model.source.get("intake")
+    if not isinstance(intake, dict):  # nothing was taken in from a file: say why
+        intake = {"safe": None, "format": model_info.get("format", ""),
+                  "verdict": "not scanned: built-in model trained on the fly"
+                  if str(model_spec).startswith("builtin:") else
+                  "not scanned: an in-memory object passed through the Python API"}
     return {
         "schema": SCHEMA,
         "title": cfg.title,
@@ -317,6 +323,7 @@ def _skeleton(cfg: config_mod.AuditConfig, registry: Registry, model: Model,
                      **{k: v for k, v in dataset.source.items() if isinstance(v, str)}},
             "plugins": registry.describe(),
         },
+        "intake": intake,
         "config": cfg.to_dict(),
         **_catalogue(registry),
         "cells": [],

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gauntlet.reports import charts as charts_mod
+from gauntlet.reports.intake import IntakeView, intake_view
 from gauntlet.reports.tables import (
     FAMILY_ORDER,
     FAMILY_TITLES,
@@ -158,6 +159,7 @@ class ReportContext:
     not_applicable: list[ProblemCell]
     errors: list[ProblemCell]
     provenance: Provenance
+    intake: IntakeView
     sections: list[Section]
     version: str
     legend: list[str]
@@ -372,7 +374,7 @@ def build_context(result: Mapping[str, Any],
         facts=facts, counts=counts, findings=_findings(result), defenses=_defenses(result),
         groups=_groups(result), chart_groups=_chart_groups(result),
         not_applicable=_problems(result, "not_applicable"), errors=_problems(result, "error"),
-        provenance=_provenance(result),
+        provenance=_provenance(result), intake=intake_view(result),
         sections=[Section(_text(s.get("title")) or "Plugin section", _text(s.get("text")))
                   for s in sections],
         version=_text(prov.get("gauntlet")), legend=legend,
