@@ -141,7 +141,8 @@ def format_scan(report: dict[str, Any]) -> str:
                   for name, count in ops.items()]
     if "globals" in inventory:
         lines.append(f"pickle globals: {len(inventory['globals'])}")
-        lines += [f"  {g['module']}.{g['name']:<40} {g['safety']}" for g in inventory["globals"]]
+        lines += [f"  {g['module'] + '.' + g['name']:<56} {g['safety']}"
+                  for g in inventory["globals"]]
     if "tensors" in inventory:
         lines.append(f"tensors: {len(inventory['tensors'])}")
         lines += [f"  {t['name']:<40} {t['dtype']:<10} {tuple(t['shape'])}"
