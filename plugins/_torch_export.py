@@ -4,8 +4,10 @@
 payloads with ``weights_only=False`` and ``pickle.loads``, falls back to
 ``weights_only=False`` for sample inputs, evals symbolic-shape strings through
 ``sympy.sympify``, and ``ExportedProgram.module()`` execs the archive's guard code; an
-archive may also carry AOTInductor shared libraries. :func:`check_pt2` admits an archive
-only if every member is on an allow-list and each of those paths is closed or checked.
+archive may also carry AOTInductor shared libraries. :func:`check_export_program` admits
+an archive only if every member is on an allow-list, each of those paths is closed or
+checked, and every operator its graph calls is on the allow-list of
+:mod:`gauntlet.plugins._operators` (the one TorchScript archives are held to).
 A helper of :mod:`gauntlet.plugins.torch_models`, not a plugin.
 """
 from __future__ import annotations
@@ -15,26 +17,35 @@ import io
 import json
 import re
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gauntlet import ModelLoadError
+from gauntlet.plugins._operators import base_name
+from gauntlet.plugins._torchscript import (
+    GraphCheck,
+    first_reason,
+    note_operator,
+    refuse,
+    zip_problem,
+)
 
 # The torch.export archive allow-list. Everything torch.export.load could unpickle, eval or
 # exec is either absent here or checked: pickled payloads, custom objects and AOTInductor
 # shared libraries are refused; sample inputs must pass weights_only; symbolic shapes may
 # only use sympy's constructors; guard code (exec'd by .module()) must be empty; graph
-# nodes may only call aten/prims operators and a few pure operator-module functions.
+# nodes may only call operators on the allow-list of gauntlet.plugins._operators, and a few
+# pure Python functions on sizes and torch's control-flow combinators.
 _PT2_MEMBER = re.compile(r"(archive_format|archive_version|byteorder|\.data/version|"
                          r"\.data/serialization_id|models/\w+\.json|data/sample_inputs/\w+\.pt|"
                          r"data/(weights|constants)/(\w+_(weights|constants)_config\.json|"
                          r"weight_\d+|tensor_\d+)|extra/[\w.-]+)")
-_OPS = re.compile(r"torch\.ops\.(aten|prims)\.(?!from_file\.)\w+\.\w+|"
-                  r"_operator\.(getitem|add|sub|mul|truediv|floordiv|mod|pow|neg|pos|abs|"
-                  r"eq|ne|lt|le|gt|ge|and_|or_|not_)|"
-                  r"torch\.ops\.higher_order\.(cond|while_loop|map_impl|"
-                  r"wrap_with_set_grad_enabled|wrap_with_autocast)|torch\.sym_\w+|math\.\w+")
+_OPERATOR = re.compile(r"torch\.ops\.(\w+)\.(\w+)\.(\w+)")
+_PYTHON_TARGET = re.compile(r"_operator\.(getitem|add|sub|mul|truediv|floordiv|mod|pow|neg|pos|"
+                            r"abs|eq|ne|lt|le|gt|ge|and_|or_|not_)|"
+                            r"torch\.ops\.higher_order\.(cond|while_loop|map_impl|"
+                            r"wrap_with_set_grad_enabled|wrap_with_autocast)|torch\.sym_\w+|"
+                            r"math\.\w+")
 _EXPR_TOKEN = re.compile(r"\s+|\d{1,20}(\.\d{1,20})?(e[+-]?\d{1,3})?|'[\w.+-]{0,64}'|"
                          r"[A-Za-z_]\w*|\*\*|//|[-+*/%(),=<>!&|~]")
 _EXPR_NAMES = {
@@ -49,75 +60,108 @@ _EXPR_NAMES = {
 }
 
 
+class _Problem(Exception):
+    """An archive-level reason to refuse (it stops the checks that depend on it)."""
+
+
+def check_export_program(data: bytes) -> GraphCheck:
+    """What a .pt2 archive's graph calls, and why (if) Gauntlet refuses to load it."""
+    check = GraphCheck()
+    try:
+        _check_archive(zipfile.ZipFile(io.BytesIO(data)), check)
+    except _Problem as why:
+        check.problems.append(str(why))
+    except Exception as exc:  # noqa: BLE001 - a malformed archive is refused, not loaded
+        check.problems.append(f"it is malformed ({type(exc).__name__}: {exc})")
+    return check
+
+
 def check_pt2(path: Path, data: bytes) -> None:
     """Raise ModelLoadError unless torch.export.load would only read data from ``data``."""
-    def refuse(why: str) -> ModelLoadError:
-        return ModelLoadError(f"{path} is a torch.export archive that Gauntlet will not load: "
-                              f"{why}")
+    check = check_export_program(data)
+    if check.safe:
+        return
+    if check.problems or "::" in check.refused[0][0]:
+        why = first_reason(check)
+    else:
+        target, where = check.refused[0]
+        why = f"its graph calls {target!r}, which is not a tensor operator, in {where}"
+    raise ModelLoadError(f"{path} is a torch.export archive that Gauntlet will not load: {why}")
 
-    try:
-        _check_archive(zipfile.ZipFile(io.BytesIO(data)), refuse)
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - a malformed archive is refused, not loaded
-        raise refuse(f"it is malformed ({type(exc).__name__}: {exc})") from None
 
-
-def _check_archive(zf: zipfile.ZipFile, refuse: Callable[[str], ModelLoadError]) -> None:
-    names = zf.namelist()
-    roots = {n.split("/", 1)[0] for n in names}
-    # torch's zip reader matches names case-insensitively and reads one root folder, so a
-    # second root or a near-duplicate name could show it other bytes than were checked here.
-    if len(roots) != 1 or len({n.lower() for n in names}) != len(names):
-        raise refuse("its zip layout is ambiguous (several roots or duplicate names)")
-    members = {n.split("/", 1)[1]: n for n in names if "/" in n}
+def _check_archive(zf: zipfile.ZipFile, check: GraphCheck) -> None:
+    if (why := zip_problem(zf)) is not None:
+        raise _Problem(why)
+    members = {n.split("/", 1)[1]: n for n in zf.namelist()}
     for rel in members:
         if rel.startswith("data/aotinductor/"):
-            raise refuse("it holds AOTInductor-compiled native code, which Gauntlet never runs")
+            raise _Problem("it holds AOTInductor-compiled native code, which Gauntlet never runs")
         if not _PT2_MEMBER.fullmatch(rel):
-            raise refuse(f"unexpected member {rel!r} (pickled or native payloads are refused)")
+            raise _Problem(f"unexpected member {rel!r} (pickled or native payloads are refused)")
     for rel, name in members.items():
         if rel.endswith("_config.json"):
             for key, meta in json.loads(zf.read(name)).get("config", {}).items():
                 if meta.get("use_pickle") or not re.fullmatch(r"(weight|tensor)_\d+",
                                                               str(meta.get("path_name"))):
-                    raise refuse(f"{key!r} is a pickled object, not a plain tensor")
+                    raise _Problem(f"{key!r} is a pickled object, not a plain tensor")
         elif rel.startswith("data/sample_inputs/"):
-            _check_weights_only(zf.read(name), refuse)
+            _check_weights_only(zf.read(name))
         elif rel.startswith("models/"):
-            _check_program(json.loads(zf.read(name)), refuse)
+            _check_program(json.loads(zf.read(name)), check)
 
 
-def _check_weights_only(blob: bytes, refuse: Callable[[str], ModelLoadError]) -> None:
+def _check_weights_only(blob: bytes) -> None:
     import torch
 
     try:
         torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - anything weights_only rejects, we reject
-        raise refuse("its sample inputs hold pickled Python objects") from None
+        raise _Problem("its sample inputs hold pickled Python objects") from None
 
 
-def _check_program(doc: Any, refuse: Callable[[str], ModelLoadError]) -> None:
+def _check_program(doc: Any, check: GraphCheck) -> None:
     if doc.get("guards_code"):
-        raise refuse("it carries Python guard code, which loading would execute")
-    stack = [doc]
+        raise _Problem("it carries Python guard code, which loading would execute")
+    stack: list[tuple[Any, str]] = [(doc, "the program")]
     while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            for key, value in node.items():
-                if isinstance(value, str):
-                    if key in ("target", "as_operator") and not _OPS.fullmatch(value):
-                        raise refuse(f"its graph calls {value[:80]!r}, which is not a "
-                                     "tensor operator")
-                    if key == "expr_str" and not _safe_expr(value):
-                        raise refuse(f"symbolic expression {value[:80]!r} is not plain "
-                                     "arithmetic (loading would eval it)")
-                    if key == "name" and not re.fullmatch(r"[A-Za-z_]\w{0,200}", value):
-                        raise refuse(f"graph name {value[:80]!r} is not an identifier")
-                else:
-                    stack.append(value)
+        item, where = stack.pop()
+        if isinstance(item, list):
+            stack.extend((x, where) for x in item)
+        elif isinstance(item, dict):
+            if isinstance(item.get("target"), str):  # a graph node
+                where = _node_where(item)
+            for key, value in item.items():
+                if not isinstance(value, str):
+                    stack.append((value, where))
+                elif key in ("target", "as_operator"):
+                    _check_target(value, where, check)
+                elif key == "expr_str" and not _safe_expr(value):
+                    raise _Problem(f"symbolic expression {value[:80]!r} is not plain "
+                                   "arithmetic (loading would eval it)")
+                elif key == "name" and not re.fullmatch(r"[A-Za-z_]\w{0,200}", value):
+                    raise _Problem(f"graph name {value[:80]!r} is not an identifier")
+
+
+def _check_target(target: str, where: str, check: GraphCheck) -> None:
+    """Count the operator a node calls; refuse it unless it is on the allow-list."""
+    if (m := _OPERATOR.fullmatch(target)) is not None:
+        note_operator(check, base_name(f"{m.group(1)}::{m.group(2)}"), where)
+    elif _PYTHON_TARGET.fullmatch(target):
+        check.operators[target] = check.operators.get(target, 0) + 1
+    else:
+        refuse(check, target[:80], where)
+
+
+def _node_where(node: dict[str, Any]) -> str:
+    """A graph node in the user's words: its name and the module (path, class) it ran in."""
+    meta = node.get("metadata") or {}
+    stack = str(meta.get("nn_module_stack") or "").rsplit(";", 1)[-1].split(",")
+    where = f"node {str(node.get('name') or '?')[:80]!r}"
+    if len(stack) >= 3:
+        where += f" of {stack[1] or 'the root module'} ({stack[-1][:120]})"
+    elif meta.get("stack_trace"):
+        where += f" ({str(meta['stack_trace']).strip().splitlines()[-1].strip()[:160]})"
+    return where
 
 
 def _safe_expr(expr: str) -> bool:
