@@ -15,13 +15,17 @@ file is ours), the bytes are read once, hashed, and loaded from memory:
   These models carry a training recipe, so poisoning can re-train them.
 - ``torch.export`` programs (``.pt2``). ``torch.export.load`` is not safe on untrusted
   files (it unpickles, evals symbolic-shape strings with sympy and execs guard code), so
-  the archive is first checked against an allow-list
+  the archive is first checked against an allow-list, its graph's operators against the
+  same operator allow-list as TorchScript's
   (:func:`gauntlet.plugins._torch_export.check_pt2`). Export the model in eval mode: the
   program keeps the train/eval behaviour it was exported with.
-- TorchScript archives, loaded by ``torch.jit.load``: no arbitrary Python object is
-  unpickled; the program runs in TorchScript's own interpreter. PyTorch's security
-  policy still counts TorchScript as code, so an operator allow-list (as for ``.pt2``)
-  is the next hardening step.
+- TorchScript archives. ``torch.jit.load`` runs code: it compiles the archive's
+  serialized code, unpickles ``data.pkl`` and ``constants.pkl`` with TorchScript's
+  restricted unpickler and runs the scripted ``__setstate__`` of every object whose class
+  defines one; the loaded program can then call any registered operator (e.g.
+  ``aten::from_file``, which reads or overwrites files). So the archive's code and pickles
+  are first read without loading them, and every operator any of its code can reach must
+  be on Gauntlet's allow-list (:func:`gauntlet.plugins._torchscript.check_torchscript`).
 - Anything that needs unpickling (``torch.save(model)``) is refused, with how to re-save.
 """
 from __future__ import annotations
@@ -271,6 +275,13 @@ def _recipe(factory: Callable[..., Any], label: str, kwargs: Mapping[str, Any], 
 def _load_torchscript(path: Path, data: bytes, options: Mapping[str, Any]) -> Any:
     import torch
 
+    from gauntlet.plugins._torchscript import check_torchscript, first_reason
+
+    # torch.jit.load itself runs the archive's __setstate__ code, so the check comes first.
+    check = check_torchscript(data)
+    if not check.safe:
+        raise ModelLoadError(f"{path} is a TorchScript archive that Gauntlet will not load: "
+                             f"{first_reason(check)}")
     with warnings.catch_warnings():
         # torch 2.15 deprecates TorchScript; loading existing archives is still the point.
         warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated", FutureWarning)
