@@ -5,9 +5,10 @@ its own kernels. Two things in such a file can reach past the graph onto the aud
 machine, and the intake scan refuses both before a session exists:
 
 - operators outside the standard domains (``ai.onnx``, ``ai.onnx.ml``): contrib kernels
-  such as ``com.microsoft`` ops (one of which, ``EPContext``, reads a file named in the
-  graph) or anything a custom-op library registers. A call of a model-local function is
-  allowed when the function's own body passes the same scan.
+  such as ``com.microsoft`` ops (``EPContext`` names a file for an execution provider to
+  read) or anything a custom-op library registers. A call of a model-local function is
+  allowed when the function's own body passes the same scan, unless the function is named
+  like an operator onnxruntime implements itself: onnxruntime would run its own kernel.
 - external tensor data (``data_location = EXTERNAL``): onnxruntime would read a file the
   model names, from the auditor's disk, into a tensor the model can then leak through its
   outputs. Checked on initializers, sparse initializers, every tensor attribute (not only
@@ -16,7 +17,10 @@ machine, and the intake scan refuses both before a session exists:
 Session options stored in the file (metadata ``ort_config``, honoured by onnxruntime when
 ``ORT_LOAD_CONFIG_FROM_MODEL=1``, e.g. ``enable_profiling`` writes a file) are refused too.
 The session is created from the bytes already read and hashed, CPU provider only, ONNX
-format forced. The model's gradients are not available, so it is a SCORES-access Model.
+format forced. The model's gradients are not available, so it is a SCORES-access Model
+(LABELS if the graph outputs labels only). Options under ``[model]``: ``output`` (``auto``,
+``logits`` or ``probabilities``; auto takes rows that are non-negative and sum to one as
+probabilities) and ``output_name`` (which graph output to read).
 
 Needs the ``onnx`` extra (``pip install 'gauntlet[onnx]'``: onnx + onnxruntime).
 """
@@ -65,7 +69,7 @@ def _parse(data: bytes) -> Any:
         model.ParseFromString(data)
     except Exception:  # noqa: BLE001 - DecodeError, recursion limits, ...: not a model
         return None
-    return model if model.HasField("graph") else None
+    return model if model.HasField("graph") and model.ir_version > 0 else None
 
 
 def _claims(path: Path, data: bytes) -> bool:
@@ -162,15 +166,20 @@ class _Scanner:
             domain = STANDARD_DOMAINS.get(node.domain, node.domain)
             key = f"{domain}::{node.op_type}"
             self.operators[key] += 1
-            local = (node.domain, node.op_type, getattr(node, "overload", ""))
-            if local in self.functions:
-                pass  # its body is scanned once, where the function is defined
-            elif node.domain not in STANDARD_DOMAINS:
+            local = (node.domain, node.op_type, getattr(node, "overload", "")) in self.functions
+            if node.domain in STANDARD_DOMAINS:
+                if not local and not onnx.defs.has(node.op_type, "" if domain == "ai.onnx"
+                                                   else domain):
+                    self.report.refuse(key, f"{here} (not an operator of the ONNX standard)")
+            elif not local:
                 self.report.refuse(key, f"{here} (custom operator domain {node.domain!r}: "
                                    "Gauntlet runs only standard ai.onnx and ai.onnx.ml "
                                    "operators)")
-            elif not onnx.defs.has(node.op_type, "" if domain == "ai.onnx" else domain):
-                self.report.refuse(key, f"{here} (not an operator of the ONNX standard)")
+            elif _runtime_owns(node.domain, node.op_type):
+                # onnxruntime resolves such a node to its own kernel, not to the function.
+                self.report.refuse(key, f"{here} (a model-local function named like an "
+                                   "operator onnxruntime implements itself, which it would "
+                                   "run instead of the function's body)")
             for attr in node.attribute:
                 self.attribute(attr, f"attribute {attr.name!r} of {here}")
 
@@ -199,6 +208,23 @@ class _Scanner:
                                "auditor's disk)")
 
 
+_RUNTIME_DOMAINS = ("ai.onnx", "com.microsoft", "com.ms.", "org.pytorch")
+
+
+def _runtime_owns(domain: str, op_type: str) -> bool:
+    """True if onnxruntime may have its own kernel for ``domain::op_type``: a reserved
+    domain, or an operator it registers (asked of onnxruntime when it is installed)."""
+    if domain.startswith(_RUNTIME_DOMAINS):
+        return True
+    try:
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+        schemas = ort_state.get_all_operator_schema()
+    except Exception:  # noqa: BLE001 - not installed, or a build without schemas
+        return False
+    return any(s.domain == domain and s.name == op_type for s in schemas)
+
+
 def _value_info(v: Any) -> dict[str, Any]:
     t = v.type
     if t.HasField("tensor_type"):
@@ -225,17 +251,9 @@ def load_model(spec: str, options: Mapping[str, Any]) -> Model | None:
     if not named_onnx and _head(path) != _TAG_IR_VERSION:
         return None  # not ours; and a large model of another format is not read twice
     data = read_model_file(path)
-    if not _claims(path, data):
-        return None
-    try:
-        import onnx  # noqa: F401
-    except ImportError as exc:
-        if named_onnx:
-            raise _needs_extra(f"loading {path}", exc) from None
-        return None
     # The intake scan decides before onnxruntime sees a byte of the file.
-    report, proto = scan_onnx(path, data)
-    if proto is None and not named_onnx:
+    report = scan_model(path, data)
+    if report is None:
         return None
     if not report.safe:
         raise report.error()

@@ -255,6 +255,33 @@ def test_custom_operator_domains_are_refused_before_a_session(tmp_path, iris, ml
     assert no_session == []
 
 
+def test_a_local_function_cannot_borrow_a_runtime_operator_name(tmp_path, iris, registry,
+                                                                monkeypatch):
+    # A benign body under the name of a contrib kernel: onnxruntime runs the kernel instead.
+    decoy = helper.make_function("com.microsoft", "FusedMatMul", ["a", "b"], ["c"],
+                                 [helper.make_node("Add", ["a", "b"], ["c"])], OPSETS)
+    node = helper.make_node("FusedMatMul", ["x", "x"], ["y"], domain="com.microsoft",
+                            name="decoy")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, [2, 2])],
+                              [helper.make_tensor_value_info("y", 1, [2, 2])])
+    proto = helper.make_model(graph, functions=[decoy], opset_imports=[
+        *OPSETS, helper.make_opsetid("com.microsoft", 1)])
+    x = np.array([[1, 2], [3, 4]], np.float32)
+    session = ort.InferenceSession(proto.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], x @ x)  # not x + x
+
+    path = save(proto, tmp_path / "decoy.onnx")
+    report = scan(registry, path)
+    assert "com.microsoft::FusedMatMul in node 'decoy' of graph 'g' (a model-local function " \
+        "named like an operator onnxruntime implements itself" in report.verdict
+    created: list = []
+    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: created.append(a))
+    with pytest.raises(ModelLoadError, match="FusedMatMul in node 'decoy'"):
+        load(path, iris)
+    assert created == []
+
+
 def external(name: str, location: str, dims: tuple[int, ...] = (2,)) -> TensorProto:
     t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=list(dims),
                     data_location=TensorProto.EXTERNAL)
