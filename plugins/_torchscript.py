@@ -254,16 +254,18 @@ class _Archive:
         scan = scan_pickle_bytes(io.BytesIO(blob), rel, multiple_pickles=False)
         if scan.scan_err:
             return self.problem(f"{rel} is not a readable pickle")
-        for g in scan.globals:
+        # Native custom classes first: they are the reason worth naming.
+        for g in sorted(scan.globals, key=lambda g: not g.module.startswith(_CUSTOM_CLASSES)):
             name = f"{g.module}.{g.name}"
             if name.startswith(_CUSTOM_CLASSES):
-                refuse(self.check, name, f"{rel} (a native custom class, built while loading)")
+                self.problem(f"{rel} builds {name}, a native custom class whose C++ code "
+                             "runs while loading")
             elif not ((g.module, g.name) in _REBUILD or name in self.classes
                       or (g.module == "torch" and re.fullmatch(r"[A-Z][a-z]*Storage", g.name))):
                 self.problem(f"{rel} names {name}, which is neither a class of the archive "
                              "nor one of TorchScript's tensor-rebuild helpers")
         for op, arg, _ in pickletools.genops(blob):
-            if isinstance(arg, str) and _CUSTOM_CLASSES in arg:
+            if isinstance(arg, str) and _CUSTOM_CLASSES in arg and op.name != "GLOBAL":
                 refuse(self.check, arg[:120], f"{rel} (a native custom class)")
             elif op.name == "GLOBAL" and rel == "data.pkl" and self.root is None:
                 self.root = arg.replace(" ", ".")
