@@ -48,15 +48,25 @@ class Store:
         if not self.path.is_file():
             return {}
         records = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        raw = self.path.read_bytes()
+        whole = 0  # bytes of whole, parsed lines
+        for line in raw.splitlines(keepends=True):
             try:
+                if not line.endswith(b"\n"):
+                    raise ValueError("no newline")
                 records.append(json.loads(line))
-            except json.JSONDecodeError:
+            except ValueError:  # JSONDecodeError and UnicodeDecodeError included
                 break  # a crash can cut the last line short: keep what came before
+            whole += len(line)
         if not records or records[0].get("fingerprint") != self.fingerprint:
             log.warning("not resuming: %s belongs to an audit with another config, model, "
                         "data or plugin versions; starting afresh", self.path)
             return {}
+        if whole < len(raw):
+            # Drop the torn tail, or the next append would be glued onto it and lost, with
+            # every cell after it, to the next resume.
+            with self.path.open("r+b") as f:
+                f.truncate(whole)
         return {c["id"]: c for c in records[1:] if c.get("status") in _REUSABLE}
 
     def append(self, cell: CellResult) -> None:
