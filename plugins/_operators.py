@@ -2,7 +2,8 @@
 
 Both archive checks (:mod:`gauntlet.plugins._torchscript` for TorchScript,
 :mod:`gauntlet.plugins._torch_export` for ``.pt2``) admit a model only if every operator
-it can reach is listed here. A helper of :mod:`gauntlet.plugins.torch_models`, not a plugin.
+it can reach is listed here, and report what they found as a :class:`GraphCheck`. A helper
+of :mod:`gauntlet.plugins.torch_models`, not a plugin.
 
 How the list was derived (torch 2.15, torchvision 0.29):
 
@@ -31,6 +32,7 @@ weights plus an architecture.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 # Why the risky operators that a model file could otherwise reach are left out. The archive
@@ -264,3 +266,57 @@ def registered_operators() -> frozenset[str]:
     names = {schema.name for schema in torch._C._jit_get_all_schemas()}
     return frozenset(names) | _qualify("aten", _ATEN_BUILTIN_FUNCTIONS) | _qualify("prim",
                                                                                  "ndim T")
+
+
+# What TorchScript binds a bare name to when it compiles an archive's code: SourceImporter's
+# environment (annotate, fork, ...) and the compiler's Python builtins (ir_emitter.cpp).
+TORCHSCRIPT_BUILTINS: dict[str, str] = {
+    "AssertionError": "prim::RaiseException", "_to_tensor": "prim::NumToTensor",
+    "abs": "prim::abs", "all": "aten::all", "annotate": "prim::annotate", "any": "aten::any",
+    "awaitable": "prim::awaitable", "bin": "aten::bin", "bool": "aten::Bool",
+    "chr": "aten::chr", "complex": "aten::Complex", "dict": "prim::dict",
+    "divmod": "aten::divmod", "enumerate": "prim::enumerate", "float": "aten::Float",
+    "fork": "prim::fork", "getattr": "prim::GetAttr", "hasattr": "prim::HasAttr",
+    "hash": "aten::hash", "hex": "aten::hex", "id": "prim::id", "int": "aten::Int",
+    "isinstance": "prim::isinstance", "len": "aten::len", "list": "prim::list",
+    "max": "prim::max", "min": "prim::min", "oct": "aten::oct", "ord": "aten::ord",
+    "pow": "aten::pow", "print": "prim::Print", "range": "prim::range",
+    "rangelist": "prim::rangelist", "round": "aten::round", "sorted": "aten::sorted",
+    "str": "aten::str", "sum": "aten::sum", "tuple": "prim::TupleConstruct",
+    "unchecked_cast": "prim::unchecked_cast", "uninitialized": "prim::Uninitialized",
+    "zip": "prim::zip",
+}
+
+
+# -- what a check of a model archive (TorchScript or .pt2) found -----------------------
+@dataclasses.dataclass
+class GraphCheck:
+    """What a model archive's code can call, and why (if) Gauntlet refuses it."""
+
+    operators: dict[str, int] = dataclasses.field(default_factory=dict)
+    refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    problems: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def safe(self) -> bool:
+        return not self.refused and not self.problems
+
+
+def first_reason(check: GraphCheck) -> str:
+    """One line for an error message: the first problem, else the first refusal."""
+    if check.problems:
+        return check.problems[0]
+    what, where = check.refused[0]
+    why = f" ({why_refused(what)})" if "::" in what else ""
+    return f"{what}{why} in {where}"
+
+
+def note_operator(check: GraphCheck, op: str, where: str) -> None:
+    check.operators[op] = check.operators.get(op, 0) + 1
+    if not is_allowed(op):
+        refuse(check, op, where)
+
+
+def refuse(check: GraphCheck, what: str, where: str) -> None:
+    if (what, where) not in check.refused:
+        check.refused.append((what, where))

@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from gauntlet import ModelLoadError
-from gauntlet.plugins._operators import base_name
-from gauntlet.plugins._torchscript import (
+from gauntlet.plugins._operators import (
     GraphCheck,
+    base_name,
     first_reason,
     note_operator,
     refuse,
-    zip_problem,
 )
+from gauntlet.plugins._torchscript import zip_problem
 
 # The torch.export archive allow-list. Everything torch.export.load could unpickle, eval or
 # exec is either absent here or checked: pickled payloads, custom objects and AOTInductor
