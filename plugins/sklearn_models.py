@@ -146,10 +146,10 @@ def scan_sklearn_pickle(path: Path | str, data: bytes) -> ScanReport | None:
     if data[:1] != b"\x80":  # not a pickle (protocol 2+)
         if suffix not in _PICKLE_SUFFIXES or data[:4] == b"PK\x03\x04":
             return None
-        # A compressed joblib file: a pickle inside, never decompressed for unpickling.
+        # Compressed (joblib's compress=) or an old pickle protocol: never unpickled either.
         report = ScanReport.of(path, data, "pickle", READER)
-        report.refuse(f"a compressed {suffix} file: Gauntlet never unpickles; if it holds a "
-                      f"scikit-learn model, {RESAVE}")
+        report.refuse(f"a {suffix} file (a compressed or old-protocol pickle): Gauntlet never "
+                      f"unpickles; if it holds a scikit-learn model, {RESAVE}")
         return report
     from picklescan.scanner import scan_bytes
 
