@@ -386,6 +386,8 @@ def _wrap(session: Any, name: str, source: dict[str, Any],
         if dataset else np.zeros((2, *shape), np.float32)
     try:
         probe = raw(sample)
+    except ModelLoadError:
+        raise  # the outputs are unreadable, whatever the data
     except Exception as exc:  # noqa: BLE001 - whatever the runtime raises, the data misfits
         raise DataError(f"{what} shaped {shape} does not fit model {name!r}: "
                         f"{_first_line(exc)}") from None
