@@ -64,6 +64,8 @@ _REBUILD = {("torch._utils", "_rebuild_tensor_v2"), ("collections", "OrderedDict
     "build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
     "build_tensor_from_id", "restore_type_tag")}
 _CUSTOM = "__torch__.torch.classes"  # C++ classes: their methods are native code
+# Classes whose `_packed_params : Tensor` SourceImporter silently retypes to a C++ class.
+_RETYPED = re.compile(r"__torch__\.torch\.(ao\.)?nn\.(intrinsic\.)?quantized\.")
 _MAX_MEMBER = 64 << 20  # code and pickles are small; this stops a zip bomb
 _TYPES = {"Tensor", "int", "float", "bool", "str", "complex", "NoneType", "Any", "Device",
           "number", "Layout", "ScalarType", "MemoryFormat", "QScheme", "Generator", "SymInt",
@@ -158,6 +160,9 @@ class _Archive:
             if qual in self.classes or qual in self.functions:
                 # TorchScript and this check might each pick a different one of the two.
                 self.problem(f"{rel} line {node.lineno}: {qual} is defined twice")
+            if _RETYPED.match(re.sub(r"\.___torch_mangle_\d+", "", qual)):
+                self.problem(f"{rel} defines {qual}, a quantized module whose attributes "
+                             "TorchScript retypes to native custom classes")
             if isinstance(node, ast.ClassDef) and not node.decorator_list and not node.keywords \
                     and all(isinstance(b, ast.Name) and b.id in _BASES for b in node.bases):
                 cls = self.classes[qual] = _Class(qual, rel)

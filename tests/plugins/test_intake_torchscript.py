@@ -458,7 +458,27 @@ def test_native_custom_class_is_refused(tmp_path, digits, monkeypatch):
     path = script(module, tmp_path / "quantized.ts")
     unsafe_load(path)  # its C++ __setstate__ (native code) ran while loading
     monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load ran"))
-    refused(path, digits, "__torch__.torch.classes.quantized.LinearPackedParamsBase")
+    refused(path, digits, "quantized")
+    check = check_torchscript(path.read_bytes())
+    assert "data.pkl builds __torch__.torch.classes.quantized.LinearPackedParamsBase, a " \
+        "native custom class whose C++ code runs while loading" in check.problems
+    assert ("__torch__.torch.classes.quantized.LinearPackedParamsBase",
+            "attribute '_packed_params' of class __torch__.torch.ao.nn.quantized.modules."
+            "linear.LinearPackedParams (a native custom class)") in check.refused
+
+
+def test_quantized_class_names_are_refused(tmp_path, plain):
+    """SourceImporter retypes `_packed_params : Tensor` of these classes to a native custom
+    class, so the name alone brings one in: the text never says torch.classes."""
+    path = tmp_path / "retyped.ts"
+    with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            if not info.filename.endswith((".py", ".debug_pkl")):
+                zout.writestr(info, zin.read(info))
+        zout.writestr("plain/code/__torch__/torch/ao/nn/quantized/modules/linear.py",
+                      "class Linear(Module):\n  _packed_params : Tensor\n")
+    check = check_torchscript(path.read_bytes())
+    assert any("retypes to native custom classes" in p for p in check.problems), check
 
 
 def test_unexpected_native_member_is_refused(tmp_path, plain, digits, no_jit_load):
