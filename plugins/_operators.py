@@ -111,8 +111,8 @@ _NORMALISATION = """
     native_group_norm native_layer_norm rms_norm
 """
 _RECURRENT_AND_ATTENTION = """
-    cosine_similarity embedding gru gru_cell lstm lstm_cell rnn_relu rnn_relu_cell
-    rnn_tanh rnn_tanh_cell scaled_dot_product_attention
+    cosine_similarity embedding gru gru_cell lstm lstm_cell _native_multi_head_attention
+    rnn_relu rnn_relu_cell rnn_tanh rnn_tanh_cell scaled_dot_product_attention
 """
 _DROPOUT = """
     alpha_dropout alpha_dropout_ dropout dropout_ feature_alpha_dropout
@@ -189,17 +189,18 @@ _CONTAINERS_AND_SCALARS = """
 # Python's warnings machinery, nothing more).
 _RUNTIME = """
     _assert_async _assert_scalar _assert_tensor_metadata _functional_assert_async
-    _functional_assert_scalar is_grad_enabled is_scripting set_grad_enabled
-    sym_constrain_range sym_constrain_range_for_size sym_numel sym_size sym_stride warn
+    _functional_assert_scalar is_autocast_enabled is_grad_enabled is_scripting
+    set_grad_enabled sym_constrain_range sym_constrain_range_for_size sym_numel sym_size
+    sym_stride warn
 """
 # TorchScript's builtin functions (frontend/builtin_functions.cpp), not registered schemas.
 _ATEN_BUILTIN_FUNCTIONS = "_pair _quadruple _single _triple"
 _PRIM = """
-    abs BroadcastSizes data device dtype EnumName EnumValue grad is_cpu is_cuda is_meta
-    is_mkldnn is_nested is_quantized is_sparse is_sparse_csr is_xpu itemsize layout max
-    min ModuleContainerIndex name nbytes ndim NumToTensor RaiseException rangelist
-    requires_grad StringIndex T tolist TupleIndex TupleUnpack type unchecked_cast
-    unchecked_unwrap_optional Uninitialized
+    abs BroadcastSizes data device dtype EnumName EnumValue grad index is_cpu is_cuda
+    is_meta is_mkldnn is_nested is_quantized is_sparse is_sparse_csr is_xpu itemsize
+    layout max min ModuleContainerIndex name nbytes ndim NumToTensor RaiseException
+    rangelist requires_grad StringIndex T tolist TupleIndex TupleUnpack type
+    unchecked_cast unchecked_unwrap_optional Uninitialized
 """
 # Statements and special forms of TorchScript (graph node kinds and what the compiler binds
 # to range, zip, isinstance, getattr, ...), not registered operators.

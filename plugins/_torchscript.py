@@ -73,14 +73,16 @@ _TYPES = {"Tensor", "int", "float", "bool", "str", "complex", "NoneType", "Any",
 _GENERICS = {"List", "Dict", "Tuple", "Optional", "Union", "Final"}
 _BASES = {"Module", "Enum", "ModuleInterface", "Interface", "NamedTuple"}
 # The raw-text scan. A dot may have whitespace and line continuations around it; each
-# pattern's last group is the name an operator would be reached by.
+# pattern's last group is the name an operator would be reached by. Any `.name` counts,
+# called or not: TorchScript can bind `t.save` or `fork` to a variable and call it later.
 _DOT = r"[\s\\]*\.[\s\\]*"
 _RAW = [(re.compile(rf"(?<![\w.])torch(?:{_DOT}autograd)*{_DOT}(\w+)"), "aten"),
         (re.compile(rf"(?<![\w.])ops{_DOT}\w+(?:{_DOT}autograd)+{_DOT}(\w+)"), "aten"),
         (re.compile(rf"(?<![\w.])ops{_DOT}(\w+){_DOT}(\w+)"), "ops"),
-        (re.compile(rf"{_DOT}(\w+)[\s\\]*\("), "method"),
+        (re.compile(rf"{_DOT}([A-Za-z_]\w*)"), "method"),
         (re.compile(r"\b(?:getattr|hasattr)\s*\([^,]*,\s*[\"'](\w+)[\"']"), "method"),
-        (re.compile(r"(?<![\w.])(print|fork|awaitable|id)[\s\\]*\("), "builtin"),
+        (re.compile(r"(?<![\w.])(print|fork|awaitable)\b"), "builtin"),
+        (re.compile(r"(?<![\w.])(id)[\s\\]*\("), "builtin"),
         (re.compile(rf"torch{_DOT}classes\b"), "custom")]
 
 Ref = tuple[str, str]  # what an expression is: (kind, qualified name)
@@ -381,9 +383,10 @@ class _Function:
                 name in self.cls.methods or name in self.cls.attrs)
             # TorchScript resolves v.name to the operator aten::name where one exists
             # (getattr(t, "save") is aten::save), so that operator must be allowed.
-            for op in (f"aten::{name}", f"prim::{name}"):
-                if op in registered_operators() and not (own and is_allowed(op)):
-                    return self.op(op)
+            found = [o for o in (f"aten::{name}", f"prim::{name}") if o in registered_operators()]
+            bad = [o for o in found if not is_allowed(o)]
+            if bad or (found and not own):
+                return self.op((bad or found)[0])
             if call and not own and not any(name in c.methods for c in self.a.classes.values()):
                 refuse(self.a.check, f"method .{name}()",
                        f"{self.where} (neither an operator nor a method of the archive)")
