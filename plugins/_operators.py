@@ -11,7 +11,11 @@ How the list was derived (torch 2.15, torchvision 0.29):
    ``resnet18``, ``mobilenet_v3_small`` and ``squeezenet1_1``, each scripted
    (``torch.jit.script``, every node kind of the inlined graph plus every name the
    serialized code references, including branches not taken), traced
-   (``torch.jit.trace``) and exported (``torch.export.export``, the graph's targets).
+   (``torch.jit.trace``) and exported (``torch.export.export``, the graph's targets);
+   then checked against torchvision's other classifiers (alexnet, vgg11, googlenet,
+   densenet121, shufflenet_v2, mnasnet, efficientnet_b0, regnet_x_400mf, convnext_tiny,
+   inception_v3, vit_b_16, swin_t, maxvit_t), which added the fused attention kernel,
+   the autocast query and the device-index property.
 2. Plus these families, picked by name from ``torch._C._jit_get_all_schemas()`` (every
    name below is checked to be registered, or to be one of TorchScript's own builtin
    functions or special forms, by tests/plugins/test_intake_torchscript.py): convolutions,

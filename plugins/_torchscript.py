@@ -58,11 +58,11 @@ _MEMBER = re.compile(r"code/__torch__(/[A-Za-z_]\w*)*\.py(\.debug_pkl)?|"
                      r"(data|constants|traced_inputs)/\d+|\.data/(version|serialization_id)|"
                      r"version|byteorder|extra/[\w.-]+", re.ASCII)
 # Pickle globals TorchScript's own pickler writes, besides the archive's classes.
+_PICKLER = ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
+            "build_tensor_from_id", "restore_type_tag")
 _REBUILD = {("torch._utils", "_rebuild_tensor_v2"), ("collections", "OrderedDict"),
-            ("torch", "device"), ("builtins", "complex")} | {("torch.jit._pickle", name) for
-                                                             name in (
-    "build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
-    "build_tensor_from_id", "restore_type_tag")}
+            ("torch", "device"), ("builtins", "complex"),
+            *(("torch.jit._pickle", name) for name in _PICKLER)}
 _CUSTOM = "__torch__.torch.classes"  # C++ classes: their methods are native code
 # Classes whose `_packed_params : Tensor` SourceImporter silently retypes to a C++ class.
 _RETYPED = re.compile(r"__torch__\.torch\.(ao\.)?nn\.(intrinsic\.)?quantized\.")

@@ -341,6 +341,20 @@ def test_code_that_writes_files_is_refused_before_anything_runs(payload, tmp_pat
     assert "in `" in message or "in the text" in message
 
 
+def test_the_torchscript_loader_checks_on_its_own(tmp_path, monkeypatch):
+    """Whatever scanned the file before, _load_torchscript runs the check itself."""
+    from gauntlet.plugins.torch_models import _load_torchscript
+
+    marker = tmp_path / "pwned"
+    path = script(FileWriter(str(marker)), tmp_path / "evil.ts")
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load ran"))
+    with pytest.raises(ModelLoadError, match=r"evil\.ts is a TorchScript archive that Gauntlet "
+                       r"will not load: aten::from_file \(maps a file on disk into a tensor.*\) "
+                       r"in `forward` of the root module \(class __torch__\.\S*FileWriter\)$"):
+        _load_torchscript(path, path.read_bytes(), {})
+    assert not marker.exists()
+
+
 def test_code_that_reads_a_file_is_refused(tmp_path, digits, monkeypatch):
     secret = tmp_path / "secret"
     secret.write_bytes(b"ssh-key!")
