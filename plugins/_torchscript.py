@@ -296,9 +296,12 @@ class _Function:
         for ann in [p.annotation for p in params] + [fn.returns]:
             if ann is not None:
                 self.type(ann)
+        where, self.where = self.where, f"a default argument of {self.where}, which " \
+            "torch.jit.load evaluates while reading the archive"
         for default in args.defaults + args.kw_defaults:
             if default is not None:
                 self.expr(default)
+        self.where = where
         for stmt in fn.body:
             self.stmt(stmt)
 

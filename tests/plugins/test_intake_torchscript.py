@@ -300,7 +300,7 @@ def plain(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("payload", [FileWriter, Inner, "ops.prim.autograd", "torch.save",
-                                     "fork"])
+                                     "fork", "default-argument"])
 def test_code_that_writes_files_is_refused_before_anything_runs(payload, tmp_path, plain,
                                                                  digits, monkeypatch):
     marker = tmp_path / "pwned"
@@ -316,6 +316,12 @@ def test_code_that_writes_files_is_refused_before_anything_runs(payload, tmp_pat
             RETURN, f'    t = ops.prim.autograd.from_file("{marker}", True, 8, dtype=0)',
             "    _0 = torch.fill_(t, 68)", "    return torch.add(y, torch.select(t, 0, 0))"))
         where = "`forward` of the root module"
+    elif payload == "default-argument":  # evaluated while loading, even if never called
+        rewrite(plain, path, edit_code(
+            RETURN, RETURN, f"  def other(self: {code_module(plain)}.Plain,",
+            f'    t: Tensor=torch.from_file("{marker}", True, 8, dtype=0)) -> Tensor:',
+            "    return t"))
+        where = "a default argument of `other` of the root module .*while reading the archive"
     elif payload == "torch.save":
         rewrite(plain, path, edit_code(RETURN, f'    torch.save(y, "{marker}")', RETURN))
         where = "`forward` of the root module"
@@ -338,7 +344,7 @@ def test_code_that_writes_files_is_refused_before_anything_runs(payload, tmp_pat
     check = check_torchscript(path.read_bytes())
     assert check.refused[0][0] == operator
     assert re.search(where, check.refused[0][1]), check.refused[0]
-    assert "in `" in message or "in the text" in message
+    assert f"{operator} in " in message  # the operator, then where it is
 
 
 def test_the_torchscript_loader_checks_on_its_own(tmp_path, monkeypatch):
