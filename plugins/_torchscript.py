@@ -1,8 +1,9 @@
 """Checking a TorchScript archive from its bytes, before ``torch.jit.load`` sees it.
 
 ``torch.jit.load`` is not inert: it compiles the archive's serialized code, unpickles
-``data.pkl`` and ``constants.pkl`` with TorchScript's restricted unpickler, and runs the
-scripted ``__setstate__`` of every object whose class defines one. That code can call any
+``data.pkl`` and ``constants.pkl`` with TorchScript's restricted unpickler, runs the
+scripted ``__setstate__`` of every object whose class defines one and evaluates every
+function's default arguments. That code can call any
 registered operator, among them ``aten::from_file`` (read, or with ``shared=True``
 overwrite, any file), custom operators and classes (native code outside PyTorch),
 ``print`` and ``fork``. :func:`check_torchscript` reads the code and pickles without
