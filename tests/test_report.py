@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 from statistics import NormalDist
@@ -344,3 +346,206 @@ def test_chart_labels_are_literal_text() -> None:
     html = render_report(result)
     svgs = "".join(re.findall(r"<svg.*?</svg>", html, re.DOTALL))
     assert "$x^2$" in svgs and "_hidden" in svgs
+
+
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
+       "form-action 'none'")
+# Each tries a different way out of escaped text: a script element, an event handler, an
+# end tag of the raw-text <style>, a script URL, a redirect, and an attribute breakout.
+PAYLOADS = (
+    "<script>alert(1)</script>",
+    '<img src=x onerror="alert(2)">',
+    "</style><script>alert(3)</script>",
+    "javascript:alert(4)",
+    '<meta http-equiv="refresh" content="0; url=javascript:alert(5)">',
+    '"><svg onload=alert(6)>',
+)
+HOSTILE = " ".join(PAYLOADS)
+URL_ATTRIBUTES = {"href", "src", "xlink:href", "action", "formaction", "background"}
+
+
+class _Tags(HTMLParser):
+    """Every element as a browser's tokenizer sees it, and the text of <style> elements."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.style_text = ""
+        self._in_style = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, {k: v or "" for k, v in attrs}))
+        self._in_style = tag == "style"
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, {k: v or "" for k, v in attrs}))
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_style = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self.style_text += data
+
+
+def _tags(html: str) -> _Tags:
+    parser = _Tags()
+    parser.feed(html)
+    parser.close()
+    return parser
+
+
+def _csp_directives(content: str) -> dict[str, list[str]]:
+    directives = (d.split() for d in content.split(";") if d.strip())
+    return {d[0]: d[1:] for d in directives}
+
+
+def test_content_security_policy_comes_first(html: str) -> None:
+    head = html[html.index("<head>"):html.index("</head>")]
+    tags = _tags(head).tags
+    # A meta CSP only covers markup after it: it must precede the CSS and every piece of
+    # plugin text (the title is already the model's name).
+    assert tags[0] == ("head", {})
+    assert tags[1] == ("meta", {"charset": "utf-8"})
+    assert tags[2][0] == "meta" and tags[2][1]["http-equiv"] == "Content-Security-Policy"
+    assert tags[2][1]["content"] == CSP
+    policy = _csp_directives(tags[2][1]["content"])
+    assert policy["default-src"] == ["'none'"]  # scripts, fetches, frames, fonts: none
+    assert "script-src" not in policy and "connect-src" not in policy
+    assert policy["style-src"] == ["'unsafe-inline'"] and policy["img-src"] == ["data:"]
+    # These two do not fall back to default-src, so they must be named.
+    assert policy["base-uri"] == ["'none'"] and policy["form-action"] == ["'none'"]
+    assert len(re.findall("Content-Security-Policy", html)) == 1
+
+
+def hostile_result() -> dict[str, Any]:
+    """The realistic result with a payload in every string a plugin or model supplies."""
+    bad_defense, bad_attack = "d " + HOSTILE, "a " + HOSTILE
+    result = build_result(defenses=("none", bad_defense))
+    result["title"] = HOSTILE
+    result["attacks"][bad_attack] = {**result["attacks"]["fgsm"], "description": HOSTILE,
+                                     "family": HOSTILE}
+    result["defenses"][bad_defense].update(description=HOSTILE, evaluation=HOSTILE,
+                                           stage=HOSTILE, adaptive=False)
+    for meta in result["metrics"].values():
+        meta["description"] = HOSTILE
+    result["metrics"]["robust_accuracy"]["title"] = HOSTILE
+    for cell in result["cells"]:
+        if cell["attack"] == "fgsm":
+            cell["attack"] = bad_attack
+            cell["attack_point"] = cell["attack_point"] + " " + HOSTILE
+        if cell["defense"] == bad_defense:
+            cell["defense_point"] = HOSTILE
+            if cell["status"] != "ok":
+                cell["reason"] = cell["traceback"] = HOSTILE
+    result["provenance"]["model"].update(name=HOSTILE, spec=HOSTILE)
+    result["provenance"]["data"]["name"] = HOSTILE
+    result["provenance"]["libraries"][HOSTILE] = HOSTILE
+    result["config"]["attacks"].append(HOSTILE)
+    return result
+
+
+@pytest.fixture(scope="module")
+def hostile_html() -> str:
+    return render_report(hostile_result(), sections=[{"title": HOSTILE, "text": HOSTILE}])
+
+
+# Payload-long names squeeze the chart legends; matplotlib says so, harmlessly.
+quiet_layout = pytest.mark.filterwarnings("ignore:constrained_layout not applied")
+
+
+@quiet_layout
+def test_hostile_plugin_text_stays_inert(hostile_html: str, html: str) -> None:
+    page = _tags(hostile_html)
+    names = {tag for tag, _ in page.tags}
+    assert not names & {"script", "img", "iframe", "object", "embed", "base", "form", "link"}
+    metas = [attrs for tag, attrs in page.tags if tag == "meta"]
+    assert metas == [attrs for tag, attrs in _tags(html).tags if tag == "meta"]  # none added
+    assert [m for m in metas if "http-equiv" in m] == [
+        {"http-equiv": "Content-Security-Policy", "content": CSP}]
+    for tag, attrs in page.tags:
+        assert not [a for a in attrs if a.startswith("on")], (tag, attrs)  # no handler
+        for name in URL_ATTRIBUTES & set(attrs):
+            assert attrs[name].startswith("#"), (tag, attrs)  # in-page links only
+    assert "alert" not in page.style_text  # "</style>" did not end a style element
+    low = hostile_html.lower()
+    for opener in ("<script", "<img", "<meta http-equiv=\"refresh\"", "<svg onload"):
+        assert opener not in low
+    # Shown as text, not dropped: escaped in the page, and in the charts' SVG text.
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in hostile_html
+    assert "&lt;img src=x onerror=&#34;alert(2)&#34;&gt;" in hostile_html
+    assert "&lt;/style&gt;&lt;script&gt;alert(3)" in hostile_html
+    assert "&lt;meta http-equiv=&#34;refresh&#34;" in hostile_html
+    svgs = "".join(re.findall(r"<svg.*?</svg>", hostile_html, re.DOTALL))
+    assert "&lt;img src=x onerror=" in svgs
+
+
+def _chromium() -> str | None:
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser",
+                                                "google-chrome"))), None)
+
+
+def _headless(page: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """Open ``page`` in headless Chromium; console messages (CSP reports) go to stderr."""
+    browser = _chromium()
+    assert browser is not None
+    return subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         "--force-color-profile=srgb", f"--user-data-dir={page.parent / 'profile'}",
+         "--enable-logging=stderr", "--v=0", *flags, page.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True)
+
+
+def _csp_complaints(stderr: str) -> list[str]:
+    # Chromium reports a blocked inline style, script or fetch, and a directive it does
+    # not understand, as console messages naming the policy.
+    return [line for line in stderr.splitlines()
+            if "CONSOLE" in line and "Content" in line and "Security" in line]
+
+
+def needs_chromium(test: Any) -> Any:
+    # A browser start takes seconds: slow, and skipped where no browser is installed.
+    skip = pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH")
+    return pytest.mark.slow(skip(test))
+
+
+@needs_chromium
+def test_report_renders_in_a_browser_under_its_policy(tmp_path: Path, result: dict[str, Any],
+                                                      html: str) -> None:
+    page = write_report(result, tmp_path / "report.html")
+    dom = _headless(page, "--dump-dom")
+    assert _csp_complaints(dom.stderr) == []
+    built = _tags(dom.stdout).tags
+    def matrices(tags: list[tuple[str, dict[str, str]]]) -> int:
+        return sum(1 for tag, a in tags if tag == "table" and "data-metric" in a)
+
+    assert matrices(built) == matrices(_tags(html).tags) > 10
+    assert sum(1 for tag, _ in built if tag == "svg") == 8  # every chart made it in
+
+    shot = tmp_path / "report.png"
+    run = _headless(page, f"--screenshot={shot}", "--window-size=1280,1200")
+    assert _csp_complaints(run.stderr) == []
+    import matplotlib.image
+
+    pixels = {tuple(p) for p in
+              (matplotlib.image.imread(shot)[:, :, :3] * 255).round().astype(int).reshape(-1, 3)}
+    # The <style> element applied: the header band has its accent colour ...
+    assert (0x1F, 0x4E, 0x79) in pixels
+    # ... and so did the inline style attributes that colour the matrix cells.
+    inline = {tuple(int(c[i:i + 2], 16) for i in (0, 2, 4))
+              for c in re.findall(r'style="background: #([0-9a-f]{6})"', html)}
+    assert len(inline & pixels) >= 5
+
+
+@needs_chromium
+@quiet_layout
+def test_hostile_report_stays_inert_in_a_browser(tmp_path: Path, hostile_html: str) -> None:
+    page = tmp_path / "report.html"
+    page.write_text(hostile_html, encoding="utf-8")
+    dom = _headless(page, "--dump-dom")
+    # No CSP complaint: nothing even tried to run or load, the escaping held on its own.
+    assert _csp_complaints(dom.stderr) == []
+    built = _tags(dom.stdout).tags
+    assert not {tag for tag, _ in built} & {"script", "img", "iframe", "base", "form"}
+    assert [a for _, attrs in built for a in attrs if a.startswith("on")] == []
+    assert [a for tag, a in built if tag == "meta" and "refresh" in str(a).lower()] == []
