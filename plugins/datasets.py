@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 from gauntlet import ConfigError, DataError, Dataset, hookimpl, sha256_file
 
 _TABULAR = ("iris", "wine", "breast_cancer")
+MAX_CLASSES = 100_000  # as gauntlet.api.MAX_CLASSES
 
 
 def _split(x: np.ndarray, y: np.ndarray, options: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
@@ -80,7 +82,7 @@ def read_idx(path: Path, limit: int | None = None) -> np.ndarray:
             gz = raw.read(2) == b"\x1f\x8b"
         with (gzip.open(path, "rb") if gz else path.open("rb")) as f:
             return _read_idx(f, path, limit)
-    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise DataError(f"cannot read IDX file {path}: {exc}") from None
 
 
@@ -97,11 +99,24 @@ def _read_idx(f: Any, path: Path, limit: int | None) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[magic[2]])
     rows = dims[0] if limit is None else min(dims[0], limit)
     need = rows * math.prod(dims[1:]) * dtype.itemsize
-    data = f.read(need)
+    data = _read_up_to(f, need)
     if len(data) < need:
         raise DataError(f"{path} is truncated: {rows} rows of shape {tuple(dims[1:])} need "
                         f"{need} bytes of data, the file has {len(data)}")
     return np.frombuffer(data, dtype=dtype).reshape(rows, *dims[1:]).astype(dtype.newbyteorder("="))
+
+
+def _read_up_to(f: Any, need: int) -> bytes:
+    """Up to ``need`` bytes, read in blocks: a corrupt header may claim more bytes than
+    memory holds (f.read(need) would allocate them all first) while the file has few."""
+    blocks, got = [], 0
+    while got < need:
+        block = f.read(min(need - got, 1 << 24))
+        if not block:
+            break
+        blocks.append(block)
+        got += len(block)
+    return b"".join(blocks)
 
 
 def _idx_file(root: Path, split: str, kind: str) -> Path:
@@ -144,6 +159,9 @@ def load_idx(directory: str, options: Mapping[str, Any]) -> Dataset:
         arrays[split] = (x[:, None, :, :], labels.astype(np.int64))
         files.update({img_path.name: sha256_file(img_path), lab_path.name: sha256_file(lab_path)})
     n_classes = int(max(arrays["train"][1].max(), arrays["t10k"][1].max())) + 1
+    if n_classes > MAX_CLASSES:  # one corrupt label would otherwise name 2**31 classes
+        raise DataError(f"{root}: labels go up to {n_classes - 1}; Gauntlet takes at most "
+                        f"{MAX_CLASSES} classes (is a label file corrupt?)")
     (xtr, ytr), (xte, yte) = arrays["train"], arrays["t10k"]
     ytr, yte = ytr[: len(xtr)], yte[: len(xte)]
     if "fashion" in root.name.lower() and n_classes <= len(FASHION_MNIST_CLASSES):
@@ -184,6 +202,13 @@ def load_npz(file: str, options: Mapping[str, Any]) -> Dataset:
                                 f"found {', '.join(sorted(found)) or 'none'}")
             wanted = (*_NPZ_KEYS, "class_names", "clip_values")
             arrays = {k: npz[k] for k in wanted if k in found}
+            # NpzFile hands back raw bytes for a member that is not a valid .npy file.
+            odd = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
+            if odd:
+                raise DataError(f"{path}: {', '.join(odd)} is not a NumPy array (.npy) member")
+            for k in (*_NPZ_KEYS, "clip_values"):
+                if k in arrays and arrays[k].dtype.kind not in "biuf":
+                    raise DataError(f"{path}: {k} holds {arrays[k].dtype} values, not numbers")
     except DataError:
         raise
     except ValueError as exc:
@@ -192,8 +217,10 @@ def load_npz(file: str, options: Mapping[str, Any]) -> Dataset:
                             "reads NPZ with allow_pickle=False: save plain numeric arrays "
                             "(and class_names as a string array)") from None
         raise DataError(f"cannot read NPZ file {path}: {exc}") from None
-    except (OSError, EOFError) as exc:
-        raise DataError(f"cannot read NPZ file {path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - numpy's reader of a corrupt archive raises
+        # anything from BadZipFile and zlib.error to SyntaxError (the .npy header is parsed
+        # as a Python literal) and MemoryError (a header claiming a huge shape).
+        raise DataError(f"cannot read NPZ file {path}: {type(exc).__name__}: {exc}") from None
     limit_train, limit_test = _limits(options)
     xtr, xte = (_npz_inputs(arrays["x_train"])[:limit_train],
                 _npz_inputs(arrays["x_test"])[:limit_test])
