@@ -33,6 +33,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import io
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -88,9 +89,7 @@ def _builtin(kind: str, options: Mapping[str, Any]) -> Model:
         raise ConfigError(f"builtin:cnn needs image data shaped (C, H, W), got {shape}; "
                           "use builtin:mlp for tabular data")
     build = build_cnn if kind == "cnn" else build_mlp
-    epochs = int(options.get("epochs", 20))
-    lr = float(options.get("lr", 3e-3))
-    seed = int(options.get("seed", 0))
+    epochs, lr, seed = _training(options)
 
     def make() -> torch.nn.Module:
         torch.manual_seed(seed)
@@ -220,10 +219,32 @@ def _build(factory: Callable[..., Any], label: str, kwargs: Mapping[str, Any]) -
     return module
 
 
+def _number(options: Mapping[str, Any], key: str, default: Any, kind: type) -> Any:
+    """``options[key]`` as ``kind``, or ConfigError (these come from the user's [model])."""
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int if kind is int else (int, float)) \
+            or not math.isfinite(value):
+        what = "an integer" if kind is int else "a finite number"
+        raise ConfigError(f"[model] {key} must be {what}, got {value!r}")
+    return kind(value)
+
+
+def _training(options: Mapping[str, Any]) -> tuple[int, float, int]:
+    """Epochs, learning rate and seed of a training recipe, checked."""
+    return (_number(options, "epochs", 20, int), _number(options, "lr", 3e-3, float),
+            _number(options, "seed", 0, int))
+
+
 def _shapes(options: Mapping[str, Any]) -> tuple[tuple[int, ...] | None, int | None]:
     dataset = options.get("dataset")
     shape = options.get("input_shape")
     n = options.get("n_classes")
+    if shape is not None and (not isinstance(shape, (list, tuple)) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        raise ConfigError(f"[model] input_shape must be a list of positive integers, "
+                          f"got {shape!r}")
+    if n is not None:
+        n = _number(options, "n_classes", None, int)
     if shape is None and isinstance(dataset, Dataset):
         shape = dataset.input_shape
     if n is None and isinstance(dataset, Dataset):
@@ -252,8 +273,8 @@ def _from_weights(path: Path, weights: dict[str, Any], arch: str, factory: Calla
         raise ModelLoadError(f"weights in {path} do not match arch {arch}: {'; '.join(parts)}")
     module.load_state_dict(weights)
 
-    recipe = _recipe(factory, arch, kwargs, epochs=int(options.get("epochs", 20)),
-                     lr=float(options.get("lr", 3e-3)), seed=int(options.get("seed", 0)))
+    epochs, lr, seed = _training(options)
+    recipe = _recipe(factory, arch, kwargs, epochs=epochs, lr=lr, seed=seed)
     return module, recipe
 
 
