@@ -89,8 +89,12 @@ def _scan_graph(report: ScanReport, data: bytes, fmt: str) -> None:
     report.inventory["operators"] = dict(sorted(result.operators.items()))
     for problem in result.problems:
         report.refuse(problem)
+    from gauntlet.plugins._operators import why_refused
+
     for what, where in result.refused:
-        report.refuse(what, where)
+        # Say why next to the name: "aten::from_file (maps a file on disk into a tensor...)".
+        why = why_refused(what) if "::" in what or what.startswith("torch.") else ""
+        report.refuse(f"{what} ({why})" if why and why not in what else what, where)
 
 
 def _scan_safetensors(report: ScanReport, data: bytes) -> None:
