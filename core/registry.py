@@ -42,6 +42,18 @@ class PluginInfo:
     version: str
     hooks: list[str] = dataclasses.field(default_factory=list)
     error: str | None = None
+    # (kind, name) of every class the plugin tried to register before it broke, so a
+    # request for one of them can say which broken plugin has it.
+    provides: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def label(self) -> str:
+        """``'name' (distribution version)``, for messages."""
+        return f"{self.name!r} ({f'{self.distribution} {self.version}'.strip()})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """What results.json records of a broken plugin."""
+        return {"name": self.name, "distribution": self.distribution,
+                "version": self.version, "error": self.error}
 
 
 @dataclasses.dataclass
@@ -101,11 +113,38 @@ class Registry:
         return [p for p in self.plugins if p.error]
 
     def get(self, kind: str, name: str) -> type:
-        try:
-            return self.entries[kind][name].cls
-        except KeyError:
-            known = ", ".join(sorted(self.entries[kind])) or "none"
-            raise ConfigError(f"unknown {kind} {name!r}; known {kind}s: {known}") from None
+        """The class registered as ``name``, or ConfigError saying why there is none:
+        unknown, or (when plugins are broken) which broken plugin may provide it."""
+        entry = self.entries[kind].get(name)
+        if entry is not None:
+            return entry.cls  # type: ignore[no-any-return]
+        known = ", ".join(sorted(self.entries[kind])) or "none"
+        owners = [p for p in self.broken if (kind, name) in p.provides]
+        if owners:
+            p = owners[0]
+            raise ConfigError(f"{kind} {name!r} comes from plugin {p.label()}, which is "
+                              f"broken: {_one_line(p.error)}")
+        suspects = self._suspects(name)
+        if not suspects:
+            raise ConfigError(f"unknown {kind} {name!r}; known {kind}s: {known}")
+        which = "; ".join(f"plugin {p.label()}: {_one_line(p.error)}" for p in suspects)
+        some = "a broken plugin that may provide it is" if len(suspects) == 1 else \
+            "broken plugins that may provide it are"
+        raise ConfigError(f"unknown {kind} {name!r}, and {some} installed: {which} "
+                          f"(known {kind}s: {known})")
+
+    def _suspects(self, name: str) -> list[PluginInfo]:
+        """Broken plugins that may provide ``name``: those whose entry-point or module name
+        matches it, else every broken plugin (an import failure hides what it holds)."""
+        def norm(text: str) -> str:
+            return text.lower().replace("-", "_")
+
+        def module(p: PluginInfo) -> str:  # "pkg.mod:attr" -> "mod"
+            return p.module.split(":")[0].rpartition(".")[2]
+
+        broken = self.broken
+        close = [p for p in broken if norm(name) in (norm(p.name), norm(module(p)))]
+        return close or broken
 
     def check_conflicts(self) -> None:
         """Raise PluginError if two plugins registered one name."""
@@ -180,6 +219,9 @@ class Registry:
         base = _BASES[kind]
 
         def register(cls: type) -> None:
+            name = getattr(cls, "name", None)
+            if isinstance(name, str) and name:
+                info.provides.append((kind, name))
             if not (isinstance(cls, type) and issubclass(cls, base)):
                 raise PluginError(f"register_{kind}s got {cls!r}, not a {base.__name__} class")
             cls.validate_class()  # type: ignore[attr-defined]
@@ -205,6 +247,11 @@ class Registry:
                                                error=f"failed to import: {last}"))
                 continue
             self.add_plugin(module, ep.name, dist, version)
+
+
+def _one_line(text: str | None) -> str:
+    """A plugin's error as one line (the CLI prints errors one line each)."""
+    return " ".join((text or "").split())
 
 
 def make_registry(*, entrypoints: bool = True,

@@ -101,3 +101,53 @@ def test_builtins_load_through_entry_points():
     assert {"evasion", "membership", "poisoning", "probes", "defenses", "metrics",
             "torch_models", "datasets"} <= names
     assert all(p.distribution == "gauntlet" for p in reg.plugins)
+
+
+# -- a name that a broken plugin would have provided -----------------------------------------
+def half_registers(register):
+    register(Probe)
+    raise RuntimeError("needs a GPU driver\nthat is missing")
+
+
+def test_asking_for_a_class_of_a_broken_plugin_says_it_is_broken_and_why():
+    from gauntlet import ConfigError
+    reg = make_registry(entrypoints=False,
+                        plugins={"probes-plus": plugin(register_attacks=half_registers)})
+    assert not reg.attacks and reg.broken[0].provides == [("attack", "test-probe")]
+    with pytest.raises(ConfigError) as err:
+        reg.get("attack", "test-probe")
+    message = str(err.value)
+    assert message.startswith("attack 'test-probe' comes from plugin 'probes-plus' "
+                              "((in-process)), which is broken: register_attacks raised "
+                              "RuntimeError: needs a GPU driver that is missing")
+    assert "unknown" not in message and "\n" not in message
+
+
+def test_unknown_name_with_a_broken_plugin_installed_names_that_plugin():
+    from gauntlet import ConfigError
+    from gauntlet.registry import PluginInfo
+    reg = make_registry(entrypoints=False, plugins={"mine": registers(Probe)})
+    reg.plugins.append(PluginInfo("brighten", "brighten_pkg.attacks:plugin", "brighten", "0.2",
+                                  error="failed to import: ModuleNotFoundError: No module "
+                                        "named 'cv2'"))
+    reg.plugins.append(PluginInfo("other", "other_pkg", "other", "1.0", error="boom"))
+    with pytest.raises(ConfigError) as err:
+        reg.get("attack", "brighten")
+    assert str(err.value) == (
+        "unknown attack 'brighten', and a broken plugin that may provide it is installed: "
+        "plugin 'brighten' (brighten 0.2): failed to import: ModuleNotFoundError: No module "
+        "named 'cv2' (known attacks: test-probe)")
+    with pytest.raises(ConfigError) as err:  # no name matches: every broken plugin may
+        reg.get("defense", "armour")
+    assert "broken plugins that may provide it are installed" in str(err.value)
+    assert "'brighten' (brighten 0.2)" in str(err.value) and "'other' (other 1.0): boom" \
+        in str(err.value)
+    assert [p.to_dict() for p in reg.broken][1] == {
+        "name": "other", "distribution": "other", "version": "1.0", "error": "boom"}
+
+
+def test_unknown_name_without_broken_plugins_lists_the_known_ones():
+    from gauntlet import ConfigError
+    reg = make_registry(entrypoints=False, plugins={"mine": registers(Probe)})
+    with pytest.raises(ConfigError, match=r"^unknown attack 'nope'; known attacks: test-probe$"):
+        reg.get("attack", "nope")
