@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import math
 import signal
 import sys
 import threading
@@ -30,12 +31,21 @@ from gauntlet.attack import Attack, Family
 from gauntlet.component import params_key
 from gauntlet.dataset import Dataset
 from gauntlet.defense import Defense
-from gauntlet.errors import NotApplicable
+from gauntlet.errors import ConfigError, NotApplicable
 from gauntlet.metric import Metric
 from gauntlet.model import Access, Model
-from gauntlet.outcome import CleanOutcome, Outcome
+from gauntlet.outcome import (
+    CleanOutcome,
+    EvasionOutcome,
+    ExtractionOutcome,
+    MembershipOutcome,
+    Outcome,
+    PoisoningOutcome,
+    Predictions,
+    ProbeOutcome,
+)
 from gauntlet.registry import Registry
-from gauntlet.results import CellResult, metric_record
+from gauntlet.results import CellResult, metric_record, short_paths
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +105,11 @@ def plan(registry: Registry, defenses: Sequence[Selection],
     """Expand the selections into cells: every defense point x (clean + every attack
     point). Unknown names, parameters and bad values raise ConfigError before anything
     runs: every point is constructed once here, which runs the plugin's own checks."""
+    for kind, chosen in (("defense", defenses), ("attack", attacks)):
+        names = [s.name for s in chosen]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"{kind} {twice[0]!r} is selected more than once")
     defense_grid = [(registry.get("defense", s.name), p, label)
                     for s in defenses
                     for p, label in registry.get("defense", s.name).grid(s.params)]
@@ -103,6 +118,11 @@ def plan(registry: Registry, defenses: Sequence[Selection],
         for s in attacks for p, label in registry.get("attack", s.name).grid(s.params)
     ]
     for cls, point, _ in defense_grid + attack_grid:
+        for key, value in point.items():
+            # NaN passes every range check written as `if x < 0: raise`, then turns the
+            # attack's numbers into NaN; no plugin means it.
+            if isinstance(value, float) and math.isnan(value):
+                raise ConfigError(f"{cls.owner()}: parameter {key!r} is NaN")
         cls(**point)
     return [Cell(d, dp, dl, a, ap, al) for d, dp, dl in defense_grid
             for a, ap, al in attack_grid]
@@ -158,7 +178,108 @@ def deadline(seconds: float) -> Iterator[None]:
 
 def _format_exception(exc: BaseException) -> tuple[str, str]:
     reason = f"{type(exc).__name__}: {exc}".strip()
-    return reason, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return reason, short_paths(text)
+
+
+class ContractError(Exception):
+    """A plugin returned something its interface rules out (a defense that returns no
+    Model, an outcome whose arrays disagree); the message names the plugin."""
+
+
+class _DefenseFailed(RuntimeError):
+    """A defended model could not be built; logged once, not once per cell."""
+
+
+def _what(value: Any) -> str:
+    return "None" if value is None else f"a {type(value).__name__} ({repr(value)[:60]})"
+
+
+def _array(owner: str, field: str, value: Any) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # noqa: BLE001 - whatever it is, it is not an array
+        raise ContractError(f"{owner} returned {field} = {_what(value)}, not an array: "
+                            f"{exc}") from None
+    if arr.dtype.kind not in "biuf":
+        raise ContractError(f"{owner} returned {field} of dtype {arr.dtype}, not numbers")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int(arr.size - np.isfinite(arr).sum())
+        raise ContractError(f"{owner} returned {field} with {bad} non-finite values (NaN or "
+                            f"inf) among {arr.size}: its inputs or the model's outputs went "
+                            "non-finite")
+    return arr
+
+
+def check_outcome(owner: str, outcome: Outcome, n_rows: int, n_classes: int) -> None:
+    """Raise ContractError unless ``outcome`` is usable by metrics: every number finite;
+    probabilities shaped ``(rows, n_classes)`` in [0, 1]; labels in ``[0, n_classes)``;
+    per-row arrays of one length, at most the ``n_rows`` test rows the attack was given.
+
+    Checked before any metric, so a wrong outcome is blamed on ``owner``, not on the
+    first metric that trips over it. Array-likes are replaced by numpy arrays.
+    """
+    if dataclasses.is_dataclass(outcome):
+        for f in dataclasses.fields(outcome):
+            value = getattr(outcome, f.name)
+            if isinstance(value, (float, np.floating)):
+                if math.isnan(value) or (f.name == "linf" and math.isinf(value)):
+                    raise ContractError(f"{owner} returned {f.name} = {value}: its inputs "
+                                        "went non-finite")
+            elif isinstance(value, (np.ndarray, list, tuple)) or (
+                    hasattr(value, "__array__") and not isinstance(value, np.generic)):
+                arr = _array(owner, f.name, value)
+                if arr is not value:  # a list or tensor: metrics get numpy
+                    setattr(outcome, f.name, arr)
+    rows: dict[str, int] = {}
+
+    def proba(name: str, same_rows: bool = True) -> None:
+        a = getattr(outcome, name)
+        if a is None and not same_rows:
+            return
+        if not isinstance(a, np.ndarray) or a.ndim != 2 or (len(a) and a.shape[1] != n_classes):
+            shape = a.shape if isinstance(a, np.ndarray) else _what(a)
+            raise ContractError(f"{owner} returned {name} shaped {shape}; expected "
+                                f"probabilities shaped (rows, {n_classes})")
+        if a.size and (a.min() < -1e-4 or a.max() > 1 + 1e-4):
+            raise ContractError(f"{owner} returned {name} with values in [{a.min():g}, "
+                                f"{a.max():g}]; probabilities lie in [0, 1]")
+        if same_rows:
+            rows[name] = len(a)
+
+    def labels(name: str) -> None:
+        a = getattr(outcome, name)
+        if not isinstance(a, np.ndarray) or a.ndim != 1 or a.dtype.kind not in "iu" or \
+                (a.size and (a.min() < 0 or a.max() >= n_classes)):
+            raise ContractError(f"{owner} returned {name} that is not a vector of class "
+                                f"labels in [0, {n_classes})")
+        rows[name] = len(a)
+
+    if isinstance(outcome, Predictions):
+        labels("y_true")
+        proba("proba")
+        if isinstance(outcome, EvasionOutcome):
+            proba("proba_clean")
+        if isinstance(outcome, PoisoningOutcome):
+            proba("proba_reference")
+            proba("proba_triggered", same_rows=False)
+    elif isinstance(outcome, ExtractionOutcome):
+        labels("y_true")
+        proba("proba_victim")
+        proba("proba_substitute")
+    elif isinstance(outcome, ProbeOutcome):
+        proba("proba", same_rows=False)
+    elif isinstance(outcome, MembershipOutcome):
+        for name in ("scores_members", "scores_nonmembers"):
+            if getattr(outcome, name).ndim != 1:
+                raise ContractError(f"{owner} returned {name} that is not a vector of scores")
+    if len(set(rows.values())) > 1:
+        counts = ", ".join(f"{k} {v}" for k, v in rows.items())
+        raise ContractError(f"{owner} returned arrays with different numbers of rows ({counts}); "
+                            "each needs one row per attacked test row")
+    if rows and max(rows.values()) > n_rows:
+        raise ContractError(f"{owner} returned {max(rows.values())} rows, but it was given "
+                            f"{n_rows} test rows to attack")
 
 
 class Runner:
@@ -180,14 +301,23 @@ class Runner:
         if key not in self._defended:
             rng = seed_everything(derive_seed(self.seed, "defense|" + key))
             try:
-                self._defended[key] = cell.defense(**cell.defense_params).apply(
+                built = cell.defense(**cell.defense_params).apply(
                     self.model, self.dataset, rng)
+                if not isinstance(built, Model):
+                    raise ContractError(f"defense {cell.defense.name!r} returned "
+                                        f"{_what(built)} from apply(), not a gauntlet.Model")
+                self._defended[key] = built
             except Exception as exc:  # noqa: BLE001 - recorded in every cell it affects
                 self._defended[key] = exc
+                where = f" ({cell.defense_point})" if cell.defense_point else ""
+                log.warning("defense %r%s failed to build; its cells are errors: %s: %s",
+                            cell.defense.name, where, type(exc).__name__, exc)
         built = self._defended[key]
+        if isinstance(built, ContractError):
+            raise _DefenseFailed(str(built)) from built
         if isinstance(built, BaseException):
-            raise RuntimeError(f"defense {cell.defense.name!r} failed to build: "
-                               f"{type(built).__name__}: {built}") from built
+            raise _DefenseFailed(f"defense {cell.defense.name!r} failed to build: "
+                                 f"{type(built).__name__}: {built}") from built
         return built
 
     def run_cell(self, cell: Cell) -> CellResult:
@@ -205,30 +335,41 @@ class Runner:
                 attack.check(model)
                 rng = seed_everything(derive_seed(self.seed, "attack|" + cell.attack_key))
                 outcome = attack.run(model, self.dataset, rng)
-                self._measure(attack, outcome, result)
+                self._measure(attack, model, outcome, result, cell.label)
         except NotApplicable as exc:
             result.status, result.reason = "not_applicable", str(exc)
         except Exception as exc:  # noqa: BLE001 - a crashing plugin never ends the audit
             result.status = "error"
             result.reason, result.traceback = _format_exception(exc)
-            log.warning("cell %s failed: %s", cell.label, result.reason)
+            if isinstance(exc, _DefenseFailed):
+                log.debug("cell %s failed: %s", cell.label, result.reason)  # logged once
+            else:
+                log.warning("cell %s failed: %s", cell.label, result.reason)
         result.duration_s = round(time.perf_counter() - start, 4)
         return result
 
-    def _measure(self, attack: Attack, outcome: Outcome, result: CellResult) -> None:
+    def _measure(self, attack: Attack, model: Model, outcome: Outcome, result: CellResult,
+                 label: str) -> None:
+        owner = f"attack {attack.name!r}"
         expected = attack.outcome
-        if isinstance(expected, type) and expected is not object and \
-                not isinstance(outcome, expected):
-            raise TypeError(f"attack {attack.name!r} declares outcome {expected.__name__} "
-                            f"but returned {type(outcome).__name__}")
+        if not isinstance(outcome, Outcome) or (
+                isinstance(expected, type) and expected is not object and
+                not isinstance(outcome, expected)):
+            declared = expected.__name__ if isinstance(expected, type) else "an Outcome"
+            raise ContractError(f"{owner} declares outcome {declared} but returned "
+                                f"{_what(outcome)}")
+        check_outcome(owner, outcome, len(self.dataset.x_test), model.n_classes)
         result.n = outcome.n
         for metric in self.metrics:
             if metric.applies(outcome):
+                # One failing metric loses its own number, not the cell's other numbers.
                 try:
                     v = metric.evaluate(outcome)
-                except Exception as exc:
-                    raise RuntimeError(f"metric {metric.name!r} failed: {exc}") from exc
-                result.metrics[metric.name] = metric_record(v.value, v.n, v.low, v.high)
+                    result.metrics[metric.name] = metric_record(v.value, v.n, v.low, v.high)
+                except Exception as exc:  # noqa: BLE001 - recorded in the cell, audit goes on
+                    why = f"{type(exc).__name__}: {exc}".strip()
+                    result.metric_errors[metric.name] = why
+                    log.warning("cell %s: metric %r failed: %s", label, metric.name, why)
         result.artifacts = outcome.artifacts()
 
 
@@ -245,8 +386,13 @@ def run_cells(runner: Runner, cells: Sequence[Cell], *, progress: bool = True,
     results = []
     # A terminal gets a live bar; a log file or CI gets one plain line per cell.
     live = progress and sys.stderr.isatty()
-    with tqdm(total=len(cells), unit="cell", desc="audit", disable=not live,
-              dynamic_ncols=True) as bar:
+    # Warnings logged while the bar is up go through tqdm, so they do not tear it.
+    redirect: Any = contextlib.nullcontext()
+    if live:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+        redirect = logging_redirect_tqdm()
+    with redirect, tqdm(total=len(cells), unit="cell", desc="audit", disable=not live,
+                        dynamic_ncols=True) as bar:
         for i, cell in enumerate(cells, 1):
             bar.set_postfix_str(cell.label, refresh=True)
             if progress and not live:
