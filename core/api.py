@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
+# More classes than any classifier Gauntlet audits; past it a corrupt label is the likely
+# cause, and a model sized to it would not fit in memory.
+MAX_CLASSES = 100_000
 _LIBRARIES = ("torch", "torchvision", "adversarial-robustness-toolbox", "numpy", "pandas",
               "scikit-learn", "pluggy", "jinja2", "matplotlib")
 
@@ -105,7 +108,32 @@ def load_dataset(registry: Registry, spec: str, options: Mapping[str, Any]) -> D
     if dataset is None:
         raise DataError(f"no dataset loader understands {spec!r} "
                         "(try sklearn:digits, idx:DIR or npz:FILE)")
+    if not isinstance(dataset, Dataset):
+        raise DataError(f"the dataset loader for {spec!r} returned "
+                        f"{type(dataset).__name__}, not a gauntlet.Dataset")
+    check_values(dataset)
     return dataset
+
+
+def check_values(dataset: Dataset) -> None:
+    """Raise DataError if the inputs hold NaN or inf, the clip range is not finite, or
+    the labels claim more than MAX_CLASSES classes: every attack and metric downstream
+    would turn such data into plausible-looking numbers, or run out of memory."""
+    import numpy as np
+
+    for split in ("x_train", "x_test"):
+        x = getattr(dataset, split)
+        if not np.isfinite(x).all():
+            bad = int(x.size - np.isfinite(x).sum())
+            raise DataError(f"data {dataset.name!r}: {split} holds {bad} non-finite values "
+                            "(NaN or inf)")
+    if dataset.n_classes > MAX_CLASSES:
+        raise DataError(f"data {dataset.name!r} has labels up to {dataset.n_classes - 1}; "
+                        f"Gauntlet takes at most {MAX_CLASSES} classes")
+    low, high = dataset.clip_values
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise DataError(f"data {dataset.name!r}: clip_values must be finite with low < high, "
+                        f"got {dataset.clip_values}")
 
 
 def load_model(registry: Registry, spec: str, options: Mapping[str, Any],
@@ -118,6 +146,9 @@ def load_model(registry: Registry, spec: str, options: Mapping[str, Any],
         raise ModelLoadError(
             f"no model loader understands {spec!r} (built-ins: builtin:cnn, builtin:mlp; "
             "files: TorchScript, torch.export .pt2, state_dict .pt or .safetensors + arch)")
+    if not isinstance(model, Model):
+        raise ModelLoadError(f"the model loader for {spec!r} returned "
+                             f"{type(model).__name__}, not a gauntlet.Model")
     return model
 
 
@@ -194,6 +225,7 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     :param resume: reuse the finished cells in ``out/cells.jsonl`` of an interrupted
         audit with the same config, model, data and plugin versions.
     """
+    model = _check_arguments(model, data, config)
     cfg = config if isinstance(config, config_mod.AuditConfig) else (
         config_mod.load(config) if config is not None else config_mod.AuditConfig())
     cfg = config_mod.override(
@@ -206,6 +238,10 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
         cfg.defenses = _as_selections(defenses)
     registry = registry or make_registry()
     registry.check_conflicts()
+    if registry.broken:
+        log.warning("broken plugins are installed; whatever they provide is missing from "
+                    "this audit: %s", "; ".join(f"{p.label()}: {p.error}"
+                                                for p in registry.broken))
     attack_sel = cfg.attacks if cfg.attacks is not None else \
         [Selection(n) for n in registry.entries["attack"]]
     defense_sel = cfg.defenses if cfg.defenses is not None else \
@@ -224,6 +260,8 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
         the_model = wrap_module(model, dataset)
     else:
         the_model = load_model(registry, cfg.model, cfg.model_options, dataset, cfg.seed)
+    if isinstance(data, Dataset):
+        check_values(data)
     check_fit(the_model, dataset)
     evaluated = dataset.subsample_test(cfg.samples, cfg.seed)
 
@@ -279,12 +317,44 @@ def _identity(result: dict[str, Any]) -> dict[str, Any]:
                         for p in prov["plugins"]]}
 
 
+def _check_arguments(model: Any, data: Any, config: Any) -> Any:
+    """Raise ConfigError for an argument of a type audit() cannot use; return ``model``
+    with a path turned into a spec string."""
+    import os
+
+    import torch
+
+    if isinstance(model, os.PathLike):
+        model = os.fspath(model)
+    if model is not None and not isinstance(model, (str, Model, torch.nn.Module)):
+        raise ConfigError(f"model must be a spec string ('builtin:cnn' or a model file), a "
+                          f"gauntlet.Model or a torch.nn.Module, got {type(model).__name__}")
+    if data is not None and not isinstance(data, (str, Dataset)):
+        raise ConfigError(f"data must be a spec string ('sklearn:digits', 'idx:DIR', "
+                          f"'npz:FILE') or a gauntlet.Dataset, got {type(data).__name__}")
+    if config is not None and not isinstance(config, (str, os.PathLike,
+                                                      config_mod.AuditConfig)):
+        raise ConfigError(f"config must be a TOML file path or a gauntlet.config.AuditConfig, "
+                          f"got {type(config).__name__}")
+    return model
+
+
 def _as_selections(value: Any) -> list[Selection]:
-    if isinstance(value, Mapping):
-        return [Selection(k, dict(v or {})) for k, v in value.items()]
     if isinstance(value, str):
         raise ConfigError("attacks/defenses must be a list of names, not a string")
-    return [v if isinstance(v, Selection) else Selection(str(v)) for v in value]
+    if isinstance(value, Mapping):
+        for name, params in value.items():
+            if not isinstance(name, str) or not isinstance(params, (Mapping, type(None))):
+                raise ConfigError(f"attacks/defenses as a mapping take names to parameter "
+                                  f"mappings, got {name!r}: {params!r}")
+        return [Selection(k, dict(v or {})) for k, v in value.items()]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"attacks/defenses must be a list of names or a mapping of names to "
+                          f"parameters, got {type(value).__name__}")
+    for v in value:
+        if not isinstance(v, (str, Selection)):
+            raise ConfigError(f"attacks/defenses list names (strings), got {v!r}")
+    return [v if isinstance(v, Selection) else Selection(v) for v in value]
 
 
 def _skeleton(cfg: config_mod.AuditConfig, registry: Registry, model: Model,
@@ -322,6 +392,7 @@ def _skeleton(cfg: config_mod.AuditConfig, registry: Registry, model: Model,
                      "input_shape": list(dataset.input_shape), "n_classes": dataset.n_classes,
                      **{k: v for k, v in dataset.source.items() if isinstance(v, str)}},
             "plugins": registry.describe(),
+            "broken_plugins": [p.to_dict() for p in registry.broken],
         },
         "intake": intake,
         "config": cfg.to_dict(),

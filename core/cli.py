@@ -1,7 +1,9 @@
-"""The ``gauntlet`` command: ``audit``, ``plugins`` and ``report``.
+"""The ``gauntlet`` command: ``audit``, ``plugins``, ``scan`` and ``report``.
 
-Bad input (a GauntletError) ends with one line on stderr and exit code 2, never a
-traceback; an interrupted audit ends with 130 and keeps the cells already finished.
+Exit codes: 0 done (``scan``: safe to load); 1 ``audit --fail-on-error`` found an error
+cell, a failed metric or a broken plugin (``scan``: the file is refused); 2 bad input (a
+GauntletError), as one line on stderr, never a traceback; 130 interrupted, keeping the
+cells already finished.
 """
 from __future__ import annotations
 
@@ -33,9 +35,15 @@ def _parser() -> argparse.ArgumentParser:
                 "attacks and defenses; write an HTML report with JSON and CSV results.")
     p.add_argument("--version", action="version", version=f"gauntlet {gauntlet.__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    # -v is also accepted after the command (gauntlet audit -v); SUPPRESS keeps a
+    # subcommand that was not given -v from resetting one given before it.
+    verbose = _Parser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="log what happens")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    a = sub.add_parser("audit", help="run an audit (no arguments: the embedded digits demo)")
+    a = sub.add_parser("audit", parents=[verbose],
+                       help="run an audit (no arguments: the embedded digits demo)")
     a.add_argument("config", nargs="?", help="audit TOML file (default: the built-in demo)")
     a.add_argument("--model", help="builtin:cnn, builtin:mlp, or a model file")
     a.add_argument("--arch", help="package.module:factory for a state_dict/safetensors file")
@@ -50,16 +58,22 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--resume", action="store_true",
                    help="reuse finished cells of an interrupted audit of the same config")
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a.add_argument("--fail-on-error", action="store_true",
+                   help="exit 1 (after writing the report) if a cell or a metric failed or "
+                   "a plugin is broken")
 
-    pl = sub.add_parser("plugins", help="list installed plugins and what each provides")
+    pl = sub.add_parser("plugins", parents=[verbose],
+                        help="list installed plugins and what each provides")
     pl.add_argument("--json", action="store_true", help="print a JSON list")
 
-    sc = sub.add_parser("scan", help="say what a model file is and would do, without "
+    sc = sub.add_parser("scan", parents=[verbose],
+                        help="say what a model file is and would do, without "
                         "running it (exit 0 safe to load, 1 refused, 2 unreadable)")
     sc.add_argument("file", help="a model file (TorchScript, .pt2, .pt, .safetensors, ...)")
     sc.add_argument("--json", action="store_true", help="print the scan as JSON")
 
-    r = sub.add_parser("report", help="re-render report.html from a results.json")
+    r = sub.add_parser("report", parents=[verbose],
+                       help="re-render report.html from a results.json")
     r.add_argument("results", help="results.json written by an audit")
     r.add_argument("--out", help="HTML file to write (default: beside results.json)")
     return p
@@ -82,16 +96,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
     result = audit(config=cfg, progress=progress, out=cfg.out, resume=args.resume)
     counts = {s: sum(c["status"] == s for c in result.cells)
               for s in ("ok", "not_applicable", "error")}
+    lost = sum(len(c.get("metric_errors") or {}) for c in result.cells)
+    broken = len(result.result["provenance"].get("broken_plugins", []))
     out = Path(cfg.out)
+    # Each failure was logged once as it happened; the summary only counts them.
     print(f"audited {cfg.model} on {cfg.data}: {len(result.cells)} cells "
           f"({counts['ok']} ok, {counts['not_applicable']} not applicable, "
-          f"{counts['error']} errors)")
-    for c in result.cells:
-        if c["status"] == "error":
-            print(f"  error in {c['defense']} / {c['attack']} {c['attack_point']}: "
-                  f"{c['reason']}", file=sys.stderr)
+          f"{counts['error']} errors" + (f", {lost} metric values lost" if lost else "")
+          + (f", {broken} broken plugins" if broken else "") + ")")
     print(f"report: {out / 'report.html'}\nresults: {out / 'results.json'}, "
           f"{out / 'results.csv'}")
+    if args.fail_on_error and (counts["error"] or lost or broken):
+        print(f"gauntlet: failing (--fail-on-error): {counts['error']} error cells, "
+              f"{lost} failed metric values, {broken} broken plugins", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -143,6 +161,9 @@ def format_scan(report: dict[str, Any]) -> str:
         lines.append(f"pickle globals: {len(inventory['globals'])}")
         lines += [f"  {g['module'] + '.' + g['name']:<56} {g['safety']}"
                   for g in inventory["globals"]]
+    if "types" in inventory:
+        lines.append(f"types: {len(inventory['types'])}")
+        lines += [f"  {t}" for t in inventory["types"]]
     if "tensors" in inventory:
         lines.append(f"tensors: {len(inventory['tensors'])}")
         lines += [f"  {t['name']:<40} {t['dtype']:<10} {tuple(t['shape'])}"
@@ -187,8 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gauntlet: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("gauntlet: interrupted; finished cells are in cells.jsonl "
-              "(run again with --resume to reuse them)", file=sys.stderr)
+        kept = ("; finished cells are in cells.jsonl (run again with --resume to reuse them)"
+                if args.command == "audit" else "")
+        print(f"gauntlet: interrupted{kept}", file=sys.stderr)
         return 130
 
 

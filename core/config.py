@@ -27,6 +27,7 @@ registered attack (or defense) runs with its defaults.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,6 +47,9 @@ DEFAULT_OUT = "gauntlet-report"
 _TOP_KEYS = ("title", "seed", "out", "samples", "timeout", "model", "data", "attacks",
              "defenses")
 _FILE_SCHEMES = ("idx", "npz")
+# Seeds feed numpy's SeedSequence (which refuses negatives) and torch.manual_seed; TOML
+# integers stop at 2**63 - 1, so the CLI and the Python API stop there too.
+MAX_SEED = 2**63 - 1
 
 
 @dataclasses.dataclass
@@ -125,6 +129,8 @@ def _section(raw: Mapping[str, Any], key: str, default: str,
     _expect(table, Mapping, f"[{key}]")
     options = dict(table)
     spec = _expect(options.pop("spec", default), str, f"{key}.spec")
+    if not spec.strip():  # before resolving: "" joined to the config's folder is the folder
+        raise ConfigError(f"{key}.spec must not be empty")
     return _resolve_spec(spec, base), options
 
 
@@ -141,23 +147,42 @@ def from_mapping(raw: Mapping[str, Any], base: Path | None = None,
         model=model, model_options=model_options, data=data, data_options=data_options,
         attacks=_selections(raw["attacks"], "attacks") if "attacks" in raw else None,
         defenses=_selections(raw["defenses"], "defenses") if "defenses" in raw else None,
-        seed=_expect(raw.get("seed", 0), int, "seed"),
-        samples=_expect(raw.get("samples", 0), int, "samples"),
-        timeout=float(_expect(raw.get("timeout", 0), (int, float), "timeout")),
-        out=_expect(raw.get("out", DEFAULT_OUT), str, "out"),
-        title=_expect(raw.get("title", "Gauntlet audit"), str, "title"),
-        source=source,
+        seed=raw.get("seed", 0), samples=raw.get("samples", 0),
+        timeout=raw.get("timeout", 0), out=raw.get("out", DEFAULT_OUT),
+        title=raw.get("title", "Gauntlet audit"), source=source,
     )
-    if cfg.samples < 0:
-        raise ConfigError(f"samples must be >= 0 (0 = all test rows), got {cfg.samples}")
-    if cfg.timeout < 0 or isinstance(raw.get("timeout"), bool):
-        raise ConfigError(f"timeout must be a number of seconds >= 0, got {raw.get('timeout')!r}")
+    return check(cfg)
+
+
+def check(cfg: AuditConfig) -> AuditConfig:
+    """Raise ConfigError unless every field of ``cfg`` has a usable type and value; the
+    config file, the CLI flags and the Python API all pass through here."""
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise ConfigError(f"seed must be an integer from 0 to 2**63 - 1, got {cfg.seed!r}")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer from 0 to 2**63 - 1, got {cfg.seed}")
+    if isinstance(cfg.samples, bool) or not isinstance(cfg.samples, int) or cfg.samples < 0:
+        raise ConfigError(f"samples must be an integer >= 0 (0 = all test rows), "
+                          f"got {cfg.samples!r}")
+    timeout = cfg.timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not math.isfinite(timeout) or timeout < 0:
+        raise ConfigError(f"timeout must be a number of seconds >= 0 (0 = no limit), "
+                          f"got {timeout!r}")
+    cfg.timeout = float(timeout)
+    for key in ("model", "data", "out", "title"):
+        _expect(getattr(cfg, key), str, key)
+    for key in ("model", "data", "out"):
+        if not getattr(cfg, key).strip():
+            raise ConfigError(f"{key} must not be empty")
     return cfg
 
 
 def load(path: str | Path) -> AuditConfig:
     """Read and validate an audit TOML file."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not an audit TOML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -166,6 +191,8 @@ def load(path: str | Path) -> AuditConfig:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except RecursionError:  # tomllib parses nested arrays and tables recursively
+        raise ConfigError(f"{path}: malformed TOML: nested too deeply") from None
     return from_mapping(raw, base=path.resolve().parent, source=str(path))
 
 
@@ -197,11 +224,7 @@ def override(cfg: AuditConfig, *, model: str | None = None, data: str | None = N
     if seed is not None:
         changes["seed"] = seed
     if samples is not None:
-        if samples < 0:
-            raise ConfigError(f"--samples must be >= 0, got {samples}")
         changes["samples"] = samples
     if timeout is not None:
-        if timeout < 0:
-            raise ConfigError(f"--timeout must be >= 0 seconds, got {timeout:g}")
-        changes["timeout"] = float(timeout)
-    return dataclasses.replace(cfg, **changes)
+        changes["timeout"] = timeout
+    return check(dataclasses.replace(cfg, **changes))

@@ -179,12 +179,33 @@ def test_plugin_that_fails_to_import_is_listed_broken_and_the_rest_work(broken_d
     proc = gauntlet("audit", "--attacks", "noise", "--defenses", "none", "--samples", "30",
                     "--out", str(tmp_path / "o"), "--no-progress", env=broken_distribution)
     assert proc.returncode == 0, proc.stderr
+    # the audit warns once, and the results say which plugin is broken and why
+    warnings = [ln for ln in proc.stderr.splitlines() if "broken plugins are installed" in ln]
+    assert len(warnings) == 1 and "'broken' (gauntlet-broken 0.3)" in warnings[0]
+    assert "no_such_dependency_xyz" in warnings[0]
+    data = json.loads((tmp_path / "o" / "results.json").read_text())
+    (entry,) = data["provenance"]["broken_plugins"]
+    assert entry["name"] == "broken" and entry["distribution"] == "gauntlet-broken"
+    assert entry["version"] == "0.3" and "no_such_dependency_xyz" in entry["error"]
+
+
+def test_asking_for_what_a_broken_plugin_may_provide_says_it_is_broken(broken_distribution,
+                                                                       tmp_path):
+    proc = gauntlet("audit", "--attacks", "broken", "--out", str(tmp_path),
+                    env=broken_distribution)
+    assert_bad_input(proc, "unknown attack 'broken', and a broken plugin that may provide it "
+                           "is installed: plugin 'broken' (gauntlet-broken 0.3): failed to "
+                           "import: ModuleNotFoundError: No module named "
+                           "'no_such_dependency_xyz'")
 
 
 def test_loader_plugins_are_listed_with_their_hooks():
     rows = json.loads(gauntlet("plugins", "--json").stdout)
     hooks = {r["name"]: r["group"] for r in rows if r["kind"] == "hooks"}
-    assert hooks == {"torch_models": "load_model", "datasets": "load_dataset"}
+    assert hooks["torch_models"] == "load_model" and hooks["datasets"] == "load_dataset"
+    assert hooks["scanners"] == "scan_model"
+    known = {"load_model", "load_dataset", "scan_model", "report_sections"}
+    assert all(set(group.split(", ")) <= known for group in hooks.values())
 
 
 @pytest.mark.parametrize("table, message", [
@@ -216,3 +237,120 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path, digits):
     assert data["provenance"]["data"]["n_train"] == 300
     assert data["provenance"]["data"]["sha256"]  # the file's hash is in the provenance
     assert {c["attack"] for c in data["cells"]} == {"clean", "noise"}
+
+
+@pytest.mark.parametrize("argv", [["audit", "-v"], ["-v", "audit"], ["audit", "--verbose"],
+                                  ["--verbose", "audit"], ["plugins", "-v"], ["scan", "x", "-v"]])
+def test_verbose_is_accepted_before_and_after_the_command(argv):
+    from gauntlet.cli import _parser
+    assert _parser().parse_args(argv).verbose is True
+
+
+def test_verbose_defaults_to_off():
+    from gauntlet.cli import _parser
+    assert _parser().parse_args(["audit"]).verbose is False
+
+
+FAILING_PLUGIN = """
+import gauntlet
+from gauntlet import Access, Attack, CleanOutcome, Family, Metric
+
+
+class Explodes(Attack):
+    \"\"\"Raises mid-attack.\"\"\"
+    name = "explodes"
+    family = Family.EVASION
+    needs = Access.LABELS
+
+    def run(self, model, dataset, rng):
+        raise RuntimeError("kaboom in plugin")
+
+
+class Fragile(Metric):
+    \"\"\"Raises on every clean outcome.\"\"\"
+    name = "fragile"
+    applies_to = (CleanOutcome,)
+
+    def compute(self, outcome):
+        raise ValueError("fragile metric gave up")
+
+
+@gauntlet.hookimpl
+def register_attacks(register):
+    register(Explodes)
+
+
+@gauntlet.hookimpl
+def register_metrics(register):
+    register(Fragile)
+"""
+
+
+@pytest.fixture
+def failing_distribution(tmp_path):
+    """An installed distribution with an attack that raises and a metric that raises."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "failing_plugin.py").write_text(FAILING_PLUGIN)
+    info = site / "gauntlet_failing-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gauntlet-failing\n"
+                                   "Version: 1.0\n")
+    (info / "entry_points.txt").write_text("[gauntlet]\nfailing = failing_plugin\n")
+    return {"PYTHONPATH": str(site)}
+
+
+IRIS_AUDIT = ["--model", "builtin:mlp", "--data", "sklearn:iris", "--defenses", "none",
+              "--samples", "20", "--no-progress"]
+
+
+def test_fail_on_error_exits_1_after_the_report_and_each_error_is_printed_once(
+        failing_distribution, tmp_path):
+    out = tmp_path / "o"
+    proc = gauntlet("audit", *IRIS_AUDIT, "--attacks", "explodes,noise", "--out", str(out),
+                    "--fail-on-error", env=failing_distribution)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.count("kaboom in plugin") == 1, proc.stderr
+    assert proc.stderr.count("fragile metric gave up") == 1, proc.stderr
+    assert "failing (--fail-on-error): 1 error cells, 1 failed metric values" in proc.stderr
+    assert "1 errors, 1 metric values lost" in proc.stdout
+    data = json.loads((out / "results.json").read_text())  # the report was written first
+    assert (out / "report.html").is_file()
+    cells = {c["attack"]: c for c in data["cells"] if c["attack_point"] in ("", "eps=0.3")}
+    assert cells["explodes"]["status"] == "error"
+    clean = cells["clean"]
+    assert clean["status"] == "ok" and "clean_accuracy" in clean["metrics"]
+    assert clean["metric_errors"] == {"fragile": "ValueError: fragile metric gave up"}
+    assert "fragile" not in clean["metrics"]
+
+
+def test_without_fail_on_error_an_audit_with_error_cells_exits_0(monkeypatch, tmp_path,
+                                                                   capsys):
+    import types
+
+    from gauntlet import Attack, Family, api, hookimpl
+    from gauntlet.cli import main
+    from gauntlet.registry import make_registry
+
+    class Explodes(Attack):
+        """Raises mid-attack.
+
+        Test attack.
+        """
+
+        name = "explodes"
+        family = Family.EVASION
+
+        def run(self, model, dataset, rng):
+            raise RuntimeError("kaboom in plugin")
+
+    ns = types.SimpleNamespace(__name__="explodes_plugin",
+                               register_attacks=hookimpl(lambda register: register(Explodes)))
+    monkeypatch.setattr(api, "make_registry",
+                        lambda: make_registry(plugins={"explodes": ns}))
+    args = ["audit", *IRIS_AUDIT, "--attacks", "explodes"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert "1 errors" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "b"), "--fail-on-error"]) == 1
+    assert (tmp_path / "b" / "report.html").is_file()
