@@ -146,8 +146,8 @@ def load_idx(directory: str, options: Mapping[str, Any]) -> Dataset:
         if images.ndim != 3:
             raise DataError(f"{img_path} holds an array shaped {images.shape[1:]} per row; "
                             "IDX images must be (H, W)")
-        if not len(images):
-            raise DataError(f"{img_path} holds no images")
+        if not images.size:
+            raise DataError(f"{img_path} holds no images (or images of zero pixels)")
         short = len(labels) < len(images)
         if labels.ndim != 1 or short or (limits[split] is None and len(labels) != len(images)):
             raise DataError(f"{lab_path} has {len(labels)} labels (shape {labels.shape}) for "
@@ -209,6 +209,9 @@ def load_npz(file: str, options: Mapping[str, Any]) -> Dataset:
             for k in (*_NPZ_KEYS, "clip_values"):
                 if k in arrays and arrays[k].dtype.kind not in "biuf":
                     raise DataError(f"{path}: {k} holds {arrays[k].dtype} values, not numbers")
+            names: tuple[str, ...] = ()
+            if "class_names" in arrays:  # a corrupt string array fails here, as unreadable
+                names = tuple(str(c) for c in arrays["class_names"].reshape(-1))
     except DataError:
         raise
     except ValueError as exc:
@@ -229,9 +232,7 @@ def load_npz(file: str, options: Mapping[str, Any]) -> Dataset:
     if ytr.ndim == 2 and yte.ndim == 2:  # one-hot
         n_classes = ytr.shape[1]
         ytr, yte = ytr.argmax(axis=1), yte.argmax(axis=1)
-    names: tuple[str, ...] = ()
     if "class_names" in arrays:
-        names = tuple(str(c) for c in arrays["class_names"].reshape(-1))
         n_classes = len(names)
     if "clip_values" in arrays:
         clip_arr = arrays["clip_values"].astype(np.float64).reshape(-1)
