@@ -30,8 +30,12 @@ MAX_CLASSES = 100_000  # as gauntlet.api.MAX_CLASSES
 def _split(x: np.ndarray, y: np.ndarray, options: Mapping[str, Any]) -> tuple[np.ndarray, ...]:
     from sklearn.model_selection import train_test_split
 
-    test_size = float(options.get("test_size", 0.25))
-    seed = int(options.get("split_seed", 0))
+    test_size, seed = options.get("test_size", 0.25), options.get("split_seed", 0)
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float)) \
+            or not 0 < test_size < 1:
+        raise ConfigError(f"test_size must be a fraction between 0 and 1, got {test_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"split_seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
     return tuple(train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y))
 
 
