@@ -59,6 +59,12 @@ CONFIG_CASES = {
     "NaN parameter": ("[attacks.pgd]\nstep_ratio = nan\n", ["pgd", "'step_ratio' is NaN"]),
     "attack named twice": ('attacks = ["noise", "noise"]\n',
                            ["attack 'noise' is selected more than once"]),
+    "negative split seed": ('[data]\nspec = "sklearn:iris"\nsplit_seed = -1\n',
+                            ["split_seed must be an integer from 0", "-1"]),
+    "test size as text": ('[data]\nspec = "sklearn:iris"\ntest_size = "x"\n',
+                          ["test_size must be a fraction", "'x'"]),
+    "test size past 1": ('[data]\nspec = "sklearn:iris"\ntest_size = 1.5\n',
+                         ["test_size must be a fraction", "1.5"]),
     "IDX folder missing": ('[data]\nspec = "idx:no-such-folder"\n',
                            ["IDX data directory not found", "no-such-folder"]),
     "built-in model option of the wrong type": (
