@@ -187,7 +187,7 @@ class ContractError(Exception):
     Model, an outcome whose arrays disagree); the message names the plugin."""
 
 
-class _DefenseFailed(RuntimeError):
+class DefenseFailed(RuntimeError):
     """A defended model could not be built; logged once, not once per cell."""
 
 
@@ -314,9 +314,9 @@ class Runner:
                             cell.defense.name, where, type(exc).__name__, exc)
         built = self._defended[key]
         if isinstance(built, ContractError):
-            raise _DefenseFailed(str(built)) from built
+            raise DefenseFailed(str(built)) from built
         if isinstance(built, BaseException):
-            raise _DefenseFailed(f"defense {cell.defense.name!r} failed to build: "
+            raise DefenseFailed(f"defense {cell.defense.name!r} failed to build: "
                                  f"{type(built).__name__}: {built}") from built
         return built
 
@@ -341,7 +341,7 @@ class Runner:
         except Exception as exc:  # noqa: BLE001 - a crashing plugin never ends the audit
             result.status = "error"
             result.reason, result.traceback = _format_exception(exc)
-            if isinstance(exc, _DefenseFailed):
+            if isinstance(exc, DefenseFailed):
                 log.debug("cell %s failed: %s", cell.label, result.reason)  # logged once
             else:
                 log.warning("cell %s failed: %s", cell.label, result.reason)

@@ -295,8 +295,8 @@ def test_defense_that_returns_no_model_is_named_with_what_it_returned(digits, di
         results = run_cells(Runner(digits_model, data, [Accuracy], 0), cells, progress=False)
     for r in results:
         assert r.status == "error"
-        assert "defense 'returns-nothing' returned None from apply(), not a gauntlet.Model" \
-            in r.reason
+        assert r.reason == "DefenseFailed: defense 'returns-nothing' returned None from " \
+                           "apply(), not a gauntlet.Model"
         assert "'NoneType' object has no attribute" not in r.reason
     # the failed build is logged once, not once per cell
     assert caplog.text.count("returned None from apply()") == 1
