@@ -38,6 +38,7 @@ from gauntlet.plugins._operators import (
     refuse,
     registered_operators,
 )
+from gauntlet.plugins._tensor_bounds import tensor_bound_problems
 
 __all__ = ["GraphCheck", "check_torchscript", "first_reason", "zip_problem"]
 
@@ -143,6 +144,8 @@ class _Archive:
         for rel, info in members.items():
             if rel.endswith("pkl") and _MEMBER.fullmatch(rel) and info.file_size <= _MAX_MEMBER:
                 self.pickle(rel, self.zf.read(info))
+        if not self.check.problems:  # only a well-formed archive's pickles are read for sizes
+            self.check.problems += tensor_bound_problems(self.zf)
         self.tree()
         for cls in self.classes.values():
             for attr, ann in cls.attrs.items():

@@ -34,7 +34,6 @@ import importlib
 import inspect
 import io
 import math
-import pickle
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -294,78 +293,6 @@ def _recipe(factory: Callable[..., Any], label: str, kwargs: Mapping[str, Any], 
     return Recipe(make, fit, f"{label} trained by Gauntlet: {epochs} epochs, Adam lr={lr}")
 
 
-def _check_tensor_bounds(path: Path, data: bytes) -> None:
-    """Refuse a TorchScript archive whose tensors reach past the bytes stored for them.
-
-    torch.jit.load trusts the sizes its pickles declare: a storage record shorter than its
-    declared size, or a tensor view past its storage, is read out of bounds when the model
-    runs (found by fuzzing: a segfault; crafted, memory leaking into the outputs).
-    """
-    import zipfile
-
-    zf = zipfile.ZipFile(io.BytesIO(data))
-    root = zf.namelist()[0].split("/")[0]
-    sizes = {n.split("/", 1)[1]: zf.getinfo(n).file_size for n in zf.namelist() if "/" in n}
-    for pkl, folder in (("data.pkl", "data"), ("constants.pkl", "constants")):
-        if pkl in sizes:
-            reader = _BoundsReader(io.BytesIO(zf.read(f"{root}/{pkl}")), folder, sizes)
-            try:
-                reader.load()
-            except Exception as exc:  # noqa: BLE001 - an unreadable pickle is refused
-                reader.problems.append(f"{pkl} cannot be read ({type(exc).__name__}: {exc})")
-            if reader.problems:
-                raise ModelLoadError(f"{path} is a TorchScript archive that Gauntlet will not "
-                                     f"load: {reader.problems[0]} (truncated or corrupt)")
-
-
-class _Stub:
-    """What every global of a checked pickle becomes: it takes anything and does nothing."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
-    def __setstate__(self, state: Any) -> None: ...
-    def __setitem__(self, key: Any, value: Any) -> None: ...
-    def append(self, value: Any) -> None: ...
-    def extend(self, values: Any) -> None: ...
-
-
-class _BoundsReader(pickle.Unpickler):
-    """Reads a TorchScript pickle for its tensors' sizes only: every global is an inert
-    stub (nothing from the file runs), storages and tensor views are checked."""
-
-    def __init__(self, blob: io.BytesIO, folder: str, sizes: Mapping[str, int]) -> None:
-        super().__init__(blob)
-        self.folder, self.sizes = folder, sizes
-        self.problems: list[str] = []
-
-    def find_class(self, module: str, name: str) -> Any:
-        import torch
-
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return self.rebuild
-        if module == "torch" and name.endswith("Storage") and name[:1].isupper():
-            with warnings.catch_warnings():  # typed storages are deprecated; only read here
-                warnings.simplefilter("ignore")
-                return ("storage", getattr(torch, name).dtype.itemsize)
-        return _Stub
-
-    def persistent_load(self, pid: Any) -> Any:
-        _, (_, itemsize), key, _, numel = pid
-        need, have = int(numel) * itemsize, self.sizes.get(f"{self.folder}/{key}", 0)
-        if have < need:
-            self.problems.append(f"tensor record {self.folder}/{key} holds {have} bytes where "
-                                 f"its pickle declares {need}")
-        return int(numel)
-
-    def rebuild(self, numel: int, offset: int, size: Any, stride: Any, *rest: Any) -> _Stub:
-        dims = list(zip(size, stride))
-        reach = offset + sum((s - 1) * st for s, st in dims) + 1
-        if len(size) != len(stride) or offset < 0 or any(s < 0 or st < 0 for s, st in dims) \
-                or (all(s > 0 for s in size) and reach > numel):
-            self.problems.append(f"a tensor (size {tuple(size)}, stride {tuple(stride)}, "
-                                 f"offset {offset}) reaches past its {numel}-element storage")
-        return _Stub()
-
-
 def _load_torchscript(path: Path, data: bytes, options: Mapping[str, Any]) -> Any:
     import torch
 
@@ -376,7 +303,6 @@ def _load_torchscript(path: Path, data: bytes, options: Mapping[str, Any]) -> An
     if not check.safe:
         raise ModelLoadError(f"{path} is a TorchScript archive that Gauntlet will not load: "
                              f"{first_reason(check)}")
-    _check_tensor_bounds(path, data)
     with warnings.catch_warnings():
         # torch 2.15 deprecates TorchScript; loading existing archives is still the point.
         warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated", FutureWarning)

@@ -221,12 +221,6 @@ def idx_bytes(gz: bool = False) -> dict[str, bytes]:
     return files
 
 
-# Reported to the owner of plugins/onnx_models.py (not edited here): a node whose op_type
-# is not valid UTF-8 reaches onnx.defs.has as bytes, which raises TypeError.
-ONNX_NOT_UTF8 = ("plugins/onnx_models.py: an op_type that is not UTF-8 (b'Flatt\\xe5n') "
-                 "raises TypeError from onnx.defs.has in the scan")
-
-
 @dataclasses.dataclass(frozen=True)
 class Format:
     """One input format: ``spec`` names the files written into ``{dir}``."""
@@ -237,7 +231,6 @@ class Format:
     make: Callable[[], dict[str, bytes]]
     options: tuple[tuple[str, Any], ...] = ()
     needs: str | None = None  # a module without which the format is skipped
-    xfail: str | None = None  # a known escape in a file this suite's owners do not own
 
 
 FORMATS = [
@@ -246,8 +239,7 @@ FORMATS = [
     Format("state_dict", "model", "{dir}/weights.pt", state_dict_bytes, (("arch", ARCH),)),
     Format("safetensors", "model", "{dir}/weights.safetensors", safetensors_bytes,
            (("arch", ARCH),)),
-    Format("onnx", "model", "{dir}/model.onnx", onnx_bytes, needs="onnxruntime",
-           xfail=ONNX_NOT_UTF8),
+    Format("onnx", "model", "{dir}/model.onnx", onnx_bytes, needs="onnxruntime"),
     Format("skops", "model", "{dir}/model.skops", skops_bytes, needs="skops"),
     Format("npz", "data", "npz:{dir}/data.npz", npz_bytes),
     Format("idx", "data", "idx:{dir}", idx_bytes),
@@ -276,13 +268,11 @@ def open_input(fmt: Format, registry: Any, folder: Path) -> None:
         only_gauntlet_errors(lambda: check_fit(model, dataset))
 
 
-def params(formats: list[Format], known_escapes: bool = True) -> list[Any]:
-    marks = {f.id: [pytest.mark.xfail(reason=f.xfail, strict=False)]
-             if f.xfail and known_escapes else [] for f in formats}
-    return [pytest.param(f, id=f.id, marks=marks[f.id]) for f in formats]
+def params(formats: list[Format]) -> list[Any]:
+    return [pytest.param(f, id=f.id) for f in formats]
 
 
-@pytest.mark.parametrize("fmt", params(FORMATS, known_escapes=False))
+@pytest.mark.parametrize("fmt", params(FORMATS))
 def test_valid_files_load(fmt, registry, tmp_path):
     """The seeds of the fuzz are good files: each loads (so mutations start from real data)."""
     if fmt.needs:
@@ -438,17 +428,20 @@ def test_torchscript_with_a_truncated_tensor_record_is_refused_before_it_runs(re
     names = zipfile.ZipFile(io.BytesIO(blob)).namelist()
     member = next(i for i, n in enumerate(names) if n.endswith("/data/1"))
     (tmp_path / "model.pt").write_bytes(rezip(blob, member, lambda b: b""))
+    report = scan(registry, tmp_path / "model.pt")  # gauntlet scan agrees with the loader
+    assert not report.safe and "data/1 holds 0 bytes" in report.verdict
     with pytest.raises(ModelLoadError, match=r"tensor record data/1 holds 0 bytes where its "
                                              r"pickle declares \d+"):
         load_model(registry, str(tmp_path / "model.pt"), {}, tiny_dataset(), 0)
 
 
-@pytest.mark.xfail(reason=ONNX_NOT_UTF8, raises=TypeError, strict=False)
 def test_onnx_node_whose_op_type_is_not_utf8_is_refused(registry, tmp_path):
     pytest.importorskip("onnxruntime")
     fmt = next(f for f in FORMATS if f.id == "onnx")
     blob = valid_files(fmt)["model.onnx"].replace(b"Flatten", b"Flatt\xe5n")
     (tmp_path / "model.onnx").write_bytes(blob)
     from gauntlet import ModelLoadError
-    with pytest.raises(ModelLoadError):
-        scan(registry, tmp_path / "model.onnx")
+    report = scan(registry, tmp_path / "model.onnx")  # protobuf hands the name back as bytes
+    assert not report.safe and "not a readable ONNX model" in report.verdict
+    with pytest.raises(ModelLoadError, match="not a readable ONNX model"):
+        load_model(registry, str(tmp_path / "model.onnx"), {}, tiny_dataset(), 0)
