@@ -91,7 +91,13 @@ def scan_onnx(path: Path | str, data: bytes) -> tuple[ScanReport, Any]:
         report.refuse("not a readable ONNX model (no ModelProto with a graph could be "
                       "parsed from the file)")
         return report, None
-    _Scanner(report, model).run()
+    try:
+        _Scanner(report, model).run()
+    except Exception as exc:  # noqa: BLE001 - fail closed: what cannot be read is refused
+        # e.g. a name that is not valid UTF-8 comes back from protobuf as bytes.
+        first = (str(exc).strip().splitlines() or [""])[0]
+        report.refuse(f"not a readable ONNX model ({type(exc).__name__}: {first})")
+        return report, None
     return report, model
 
 
