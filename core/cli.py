@@ -150,7 +150,8 @@ def format_scan(report: dict[str, Any]) -> str:
     for finding in report["findings"]:
         mark = "REFUSED" if finding["refused"] else "note"
         where = f" in {finding['where']}" if finding["where"] else ""
-        lines.append(f"  {mark}: {finding['what']}{where}")
+        why = f": {finding['why']}" if finding.get("why") else ""
+        lines.append(f"  {mark}: {finding['what']}{where}{why}")
     inventory = report["inventory"]
     if "operators" in inventory:
         ops = inventory["operators"]
@@ -212,6 +213,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.command == "audit" else "")
         print(f"gauntlet: interrupted{kept}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `gauntlet scan m.pt | head`: the reader left; stop quietly, as Unix tools do.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

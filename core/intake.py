@@ -31,14 +31,17 @@ class Finding:
     :param what: the operator, global or member, e.g. ``aten::from_file``.
     :param where: where in the file, in the user's words, e.g. ``forward of net.block1``.
     :param refused: True if this finding alone makes the file unsafe to load.
+    :param why: what the operator or global would do, e.g. ``writes a file``.
     """
 
     what: str
     where: str = ""
     refused: bool = True
+    why: str = ""
 
     def __str__(self) -> str:
-        return f"{self.what} in {self.where}" if self.where else self.what
+        text = f"{self.what} in {self.where}" if self.where else self.what
+        return f"{text}: {self.why}" if self.why else text
 
 
 @dataclasses.dataclass
@@ -79,8 +82,8 @@ class ScanReport:
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
         return f"refused: {refused[0]}{more}"
 
-    def refuse(self, what: str, where: str = "") -> None:
-        self.findings.append(Finding(what, where, True))
+    def refuse(self, what: str, where: str = "", why: str = "") -> None:
+        self.findings.append(Finding(what, where, True, why))
 
     def note(self, what: str, where: str = "") -> None:
         self.findings.append(Finding(what, where, False))

@@ -92,9 +92,9 @@ def _scan_graph(report: ScanReport, data: bytes, fmt: str) -> None:
     from gauntlet.plugins._operators import why_refused
 
     for what, where in result.refused:
-        # Say why next to the name: "aten::from_file (maps a file on disk into a tensor...)".
+        # Say what the operator would do: "aten::from_file in ...: maps a file on disk ...".
         why = why_refused(what) if "::" in what or what.startswith("torch.") else ""
-        report.refuse(f"{what} ({why})" if why and why not in what else what, where)
+        report.refuse(what, where, why)
 
 
 def _scan_safetensors(report: ScanReport, data: bytes) -> None:

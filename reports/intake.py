@@ -15,7 +15,7 @@ class IntakeView:
     status: str  # safe | refused | not-scanned (a CSS class and data attribute)
     verdict: str
     facts: list[tuple[str, str]]
-    findings: list[tuple[str, str, str]]  # (REFUSED | note, what, where)
+    findings: list[tuple[str, str, str, str]]  # (REFUSED | note, what, where, why)
     inventory_title: str
     inventory: list[tuple[str, str]]  # (name, detail)
     broken_plugins: list[tuple[str, str, str]]  # (name, from, error)
@@ -61,7 +61,7 @@ def intake_view(result: Mapping[str, Any]) -> IntakeView:
                                       ("SHA-256", intake.get("sha256")),
                                       ("Read by", intake.get("reader"))) if v]
     findings = [("REFUSED" if f.get("refused") else "note", str(f.get("what", "")),
-                 str(f.get("where", "")))
+                 str(f.get("where", "")), str(f.get("why", "")))
                 for f in intake.get("findings", []) if isinstance(f, Mapping)]
     title, inventory = _inventory(intake.get("inventory") or {})
     broken = [(str(p.get("name", "")),
