@@ -11,6 +11,10 @@ Results are data first. ``results.json`` is one object::
                      "data": {"name", "spec", "n_train", "n_test", "n_eval", "sha256"},
                      "plugins": [...every plugin row of `gauntlet plugins --json`...],
                      "broken_plugins": [{"name", "distribution", "version", "error"}]},
+      "intake": {"path", "format", "sha256", "size", "safe", "verdict", "reader",
+                 "findings": [{"what", "where", "refused", "why"}],
+                 "inventory": {"operators" | "globals" | "tensors" | "types": ...}}
+                (a gauntlet.ScanReport; ``safe`` is null when no file was taken in),
       "config": {...the resolved audit config...},
       "metrics":  {NAME: {"title", "higher_is_better", "bounds", "description",
                           "plugin", "distribution", "version"}},
