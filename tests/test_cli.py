@@ -1,6 +1,8 @@
 """The CLI as a user runs it: exit codes and messages for bad input, plugin listing."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -9,10 +11,26 @@ from pathlib import Path
 
 import pytest
 
+from gauntlet.cli import main
 
-def gauntlet(*args: str, cwd: Path | None = None, env: dict | None = None):
-    return subprocess.run([sys.executable, "-m", "gauntlet", *args], capture_output=True,
-                          text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
+
+def gauntlet(*args: str, cwd: Path | None = None, env: dict | None = None,
+             shell: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the CLI: in a real subprocess when ``env`` changes what is installed (or
+    ``shell``), else in-process through the same ``main`` the ``gauntlet`` script calls
+    (a fresh interpreter per case would cost seconds of imports each)."""
+    if env is not None or shell:
+        return subprocess.run([sys.executable, "-m", "gauntlet", *args], capture_output=True,
+                              text=True, cwd=cwd, env={**os.environ, **(env or {})},
+                              timeout=600)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            contextlib.chdir(cwd or Path.cwd()):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's --help, --version and usage errors
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def assert_bad_input(proc, *fragments: str) -> None:
@@ -128,7 +146,7 @@ def test_plugins_table_has_one_line_per_plugin():
 def test_report_rerenders_from_results_json(tmp_path):
     out = tmp_path / "audit"
     proc = gauntlet("audit", "--attacks", "noise", "--defenses", "none", "--samples", "50",
-                    "--out", str(out))
+                    "--out", str(out), shell=True)  # stage and progress lines go to stderr
     assert proc.returncode == 0, proc.stderr
     assert "running 5 cells" in proc.stderr  # stages shown
     assert "cell 5/5: none / noise (eps=0.3)" in proc.stderr  # progress, one line a cell
