@@ -21,11 +21,13 @@ file is ours), the bytes are read once, hashed, and loaded from memory:
   program keeps the train/eval behaviour it was exported with.
 - TorchScript archives. ``torch.jit.load`` runs code: it compiles the archive's
   serialized code, unpickles ``data.pkl`` and ``constants.pkl`` with TorchScript's
-  restricted unpickler and runs the scripted ``__setstate__`` of every object whose class
-  defines one; the loaded program can then call any registered operator (e.g.
+  restricted unpickler, runs the scripted ``__setstate__`` of every object whose class
+  defines one and evaluates default arguments, and trusts the storage sizes its pickles
+  declare; the loaded program can then call any registered operator (e.g.
   ``aten::from_file``, which reads or overwrites files). So the archive's code and pickles
-  are first read without loading them, and every operator any of its code can reach must
-  be on Gauntlet's allow-list (:func:`gauntlet.plugins._torchscript.check_torchscript`).
+  are first read without loading them: every operator any of its code can reach must be
+  on Gauntlet's allow-list, and every tensor must fit in the bytes stored for it
+  (:func:`gauntlet.plugins._torchscript.check_torchscript`).
 - Anything that needs unpickling (``torch.save(model)``) is refused, with how to re-save.
 """
 from __future__ import annotations
