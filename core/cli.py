@@ -120,13 +120,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    widths = {"kind": 8, "name": 20, "group": 16, "source": 24}
-    print(f"{'KIND':<8} {'NAME':<20} {'FAMILY/STAGE':<16} {'FROM':<24} DESCRIPTION")
-    for row in rows:
-        source = f"{row['distribution']} {row['version']}".strip()
-        print(f"{row['kind']:<{widths['kind']}} {row['name']:<{widths['name']}} "
-              f"{row['group']:<{widths['group']}} {source:<{widths['source']}} "
-              f"{row['description']}")
+    table = [(row["kind"], row["name"], row["group"],
+              f"{row['distribution']} {row['version']}".strip(), row["description"])
+             for row in rows]
+    header = ("KIND", "NAME", "FAMILY/STAGE", "FROM", "DESCRIPTION")
+    widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(4)]
+    for line in [header, *table]:
+        print(" ".join(f"{str(v):<{w}}" for v, w in zip(line, widths)) + f" {line[4]}")
     return 0
 
 
