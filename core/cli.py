@@ -144,8 +144,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def format_scan(report: dict[str, Any]) -> str:
     """A scan report as lines for a terminal."""
+    refusals = sum(1 for f in report["findings"] if f["refused"])
+    verdict = "safe to load" if report["safe"] else \
+        f"REFUSED ({refusals} finding{'s' if refusals != 1 else ''}, below)"
     lines = [f"{report['path']}: {report['format']}, {report['size']:,} bytes",
-             f"sha256:  {report['sha256']}", f"verdict: {report['verdict']}"]
+             f"sha256:  {report['sha256']}", f"verdict: {verdict}"]
     refused = {f["what"] for f in report["findings"] if f["refused"]}
     for finding in report["findings"]:
         mark = "REFUSED" if finding["refused"] else "note"
@@ -155,7 +158,8 @@ def format_scan(report: dict[str, Any]) -> str:
     inventory = report["inventory"]
     if "operators" in inventory:
         ops = inventory["operators"]
-        lines.append(f"operators: {len(ops)} distinct, {sum(ops.values())} call sites")
+        sites = sum(ops.values())
+        lines.append(f"operators: {len(ops)} distinct, {sites} call site{'s' * (sites != 1)}")
         lines += [f"  {name:<40} {count:>5}{'  REFUSED' if name in refused else ''}"
                   for name, count in ops.items()]
     if "globals" in inventory:
@@ -214,11 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gauntlet: interrupted{kept}", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # `gauntlet scan m.pt | head`: the reader left; stop quietly, as Unix tools do.
+        # `gauntlet scan m.pt | head`: the reader left; stop quietly with the status a Unix
+        # tool killed by SIGPIPE has (128 + 13), never 1, which means "refused" for scan.
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return 141
 
 
 if __name__ == "__main__":

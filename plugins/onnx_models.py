@@ -87,10 +87,9 @@ def scan_onnx(path: Path | str, data: bytes) -> tuple[ScanReport, Any]:
 
     report = ScanReport.of(path, data, "onnx", f"{READER} (onnx {onnx.__version__})")
     model = _parse(data)
-    if model is None:
-        report.refuse("not a readable ONNX model (no ModelProto with a graph could be "
-                      "parsed from the file)")
-        return report, None
+    if model is None:  # unreadable, not refused: `gauntlet scan` exits 2, as for any format
+        raise ModelLoadError(f"{path} is not a readable ONNX model (no ModelProto with a "
+                             "graph could be parsed from the file)")
     try:
         _Scanner(report, model).run()
     except Exception as exc:  # noqa: BLE001 - fail closed: what cannot be read is refused
@@ -111,8 +110,11 @@ def scan_model(path: Path, data: bytes) -> ScanReport | None:
         if Path(path).suffix.lower() == ".onnx":
             raise _needs_extra(f"reading {path}", exc) from None
         return None  # cannot tell without onnx; another plugin may know the file
-    report, model = scan_onnx(path, data)
-    if model is None and Path(path).suffix.lower() != ".onnx":
+    try:
+        report, _ = scan_onnx(path, data)
+    except ModelLoadError:
+        if Path(path).suffix.lower() == ".onnx":
+            raise
         return None  # only the first byte looked like ONNX
     return report
 

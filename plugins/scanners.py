@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -123,33 +122,60 @@ def _scan_safetensors(report: ScanReport, data: bytes) -> None:
                                         for k, v in header["__metadata__"].items()}
 
 
+# Globals a torch.save state_dict may name besides picklescan's innocuous ones: the tensor
+# rebuilders torch's weights_only unpickler itself accepts.
+_TENSOR_GLOBALS = {("torch._utils", "_rebuild_parameter"), ("torch._utils", "_rebuild_tensor"),
+                   ("torch._utils", "_rebuild_parameter_with_state"), ("torch", "Size"),
+                   ("torch", "device"), ("builtins", "set"), ("__builtin__", "set")}
+
+
 def _scan_pickle(report: ScanReport, data: bytes, fmt: str) -> Any:
-    import pickle
+    """List the globals with picklescan; refuse at once, without unpickling anything, if one
+    is not a tensor rebuilder; otherwise read the tensors with torch's weights_only
+    unpickler (containers and tensors only) and refuse anything but a state_dict."""
+    import logging
+    import warnings
 
     import torch
-    from picklescan.scanner import scan_bytes
+    from picklescan.scanner import SafetyLevel, scan_bytes
 
+    quiet = logging.getLogger("picklescan")
+    level, quiet.level = quiet.level, logging.CRITICAL  # its findings are ours to report
     try:
         found = scan_bytes(io.BytesIO(data), report.path, ".pt")
-        report.inventory["globals"] = [{"module": g.module, "name": g.name,
-                                        "safety": g.safety.value} for g in found.globals]
-    except Exception as exc:  # noqa: BLE001 - a scanner failure is reported, not fatal
-        report.note(f"picklescan could not list the globals ({type(exc).__name__}: {exc})")
+    except Exception as exc:  # noqa: BLE001 - what cannot be listed is not loaded
+        found = None
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        quiet.level = level
+    if found is None or found.scan_err:
+        why = error if found is None else "picklescan could not parse it"
+        report.refuse(f"a pickle whose imports cannot be listed ({why}); {_RESAVE}")
+        return None
+    report.inventory["globals"] = [{"module": g.module, "name": g.name,
+                                    "safety": g.safety.value} for g in found.globals]
+    risky = [g for g in found.globals if g.safety is not SafetyLevel.Innocuous
+             and (g.module, g.name) not in _TENSOR_GLOBALS]
+    if risky:
+        risky.sort(key=lambda g: g.safety is not SafetyLevel.Dangerous)
+        report.refuse(f"{risky[0].module}.{risky[0].name}",
+                      f"the pickle's imports ({risky[0].safety.value}, per picklescan)",
+                      f"loading it means unpickling, which can run arbitrary code, so "
+                      f"Gauntlet refuses; {_RESAVE}")
+        return None
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # protocol notices are not the user's concern here
+            warnings.simplefilter("ignore")
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - anything weights_only rejects, we refuse
-        found_global = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if isinstance(exc, pickle.UnpicklingError) or fmt == "pickle":
-            what = f" ({found_global.group(1)})" if found_global else ""
-            report.refuse(f"pickled Python objects{what}: loading them means unpickling, which "
-                          f"can run arbitrary code, so Gauntlet refuses; {_RESAVE}")
-        else:
-            report.refuse(f"not a readable PyTorch file ({type(exc).__name__}: {exc})")
+        first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:200]
+        report.refuse(f"not a readable PyTorch weights file ({type(exc).__name__}: {first})",
+                      "", _RESAVE if fmt == "pickle" else "")
         return None
     weights = state_dict_of(obj)
     if weights is None:
         report.refuse(f"not a state_dict (a mapping of names to tensors); it holds "
-                      f"{type(obj).__name__}")
+                      f"{type(obj).__name__}", "", _RESAVE)
         return None
     report.inventory["tensors"] = [{"name": str(k), "dtype": str(v.dtype).removeprefix("torch."),
                                     "shape": list(v.shape)} for k, v in weights.items()]

@@ -88,6 +88,9 @@ def scan_skops(path: Path | str, data: bytes) -> ScanReport:
     report = ScanReport.of(path, data, "skops", f"{READER} (skops {skops.__version__})")
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError) as exc:  # unreadable, not refused: exit 2
+        raise ModelLoadError(f"{path} is not a readable skops file ({exc})") from None
+    try:
         info = zf.getinfo("schema.json")
         if info.file_size > _SCHEMA_LIMIT:
             raise ValueError(f"schema.json unpacks to {info.file_size:,} bytes")

@@ -177,3 +177,14 @@ def test_report_escapes_a_hostile_file_name_and_findings(files):
         "onerror=alert(1)&gt;", "")
     assert "&lt;script&gt;x&lt;/script&gt;" in html and "&lt;svg onload=1&gt;" in html
     assert 'data-status="refused"' in html
+
+
+def test_a_risky_pickle_is_refused_from_its_import_list_alone(files, monkeypatch):
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("torch.load ran on a pickle the import list already refused")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    for kind in ("evil", "full"):
+        report = scan(make_registry(), files[kind])
+        assert not report.safe and "in the pickle's imports" in report.verdict
+    assert not files["marker"].exists()
