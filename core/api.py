@@ -253,7 +253,8 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     log.info("loading data %s", cfg.data if not isinstance(data, Dataset) else data.name)
     dataset = data if isinstance(data, Dataset) else \
         load_dataset(registry, cfg.data, cfg.data_options)
-    log.info("loading model %s (built-in models train now)", cfg.model)
+    log.info("loading model %s%s", cfg.model,
+             " (trains now)" if str(cfg.model).startswith("builtin:") else "")
     if isinstance(model, Model):
         the_model = model
     elif model is not None and not isinstance(model, str):
@@ -372,7 +373,9 @@ def _skeleton(cfg: config_mod.AuditConfig, registry: Registry, model: Model,
     path = model.source.get("path")
     if path and "sha256" not in model_info and Path(path).is_file():
         model_info["sha256"] = sha256_file(path)
-    model_info["weights_sha256"] = weights_sha256(model)
+    # A black box (ONNX, skops) has no weights Gauntlet can see: its file's sha256 says it.
+    model_info["weights_sha256"] = weights_sha256(model) if model.module.state_dict() \
+        else None
     intake = model.source.get("intake")
     if not isinstance(intake, dict):  # nothing was taken in from a file: say why
         intake = {"safe": None, "format": model_info.get("format", ""),

@@ -27,6 +27,7 @@ registered attack (or defense) runs with its defaults.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,8 @@ from typing import Any
 
 from gauntlet.errors import ConfigError
 from gauntlet.matrix import Selection
+
+log = logging.getLogger(__name__)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -134,6 +137,21 @@ def _section(raw: Mapping[str, Any], key: str, default: str,
     return _resolve_spec(spec, base), options
 
 
+# The [model] and [data] options the built-in loaders read. A third-party loader may read
+# others, so an unknown key is a warning naming it (a typo must not pass silently), not an
+# error that would lock such loaders out.
+MODEL_OPTIONS = ("arch", "epochs", "lr", "seed", "input_shape", "n_classes", "clip_values",
+                 "output", "output_name")
+DATA_OPTIONS = ("split_seed", "test_size")
+
+
+def _warn_unread(options: Mapping[str, Any], known: Sequence[str], table: str) -> None:
+    for key in options:
+        if key not in known:
+            log.warning("[%s] option %r is not read by any built-in loader (they read: %s); "
+                        "a typo?", table, key, ", ".join(known))
+
+
 def from_mapping(raw: Mapping[str, Any], base: Path | None = None,
                  source: str | None = None) -> AuditConfig:
     """Validate a parsed config mapping."""
@@ -143,6 +161,8 @@ def from_mapping(raw: Mapping[str, Any], base: Path | None = None,
                           + ", ".join(_TOP_KEYS))
     model, model_options = _section(raw, "model", DEFAULT_MODEL, base)
     data, data_options = _section(raw, "data", DEFAULT_DATA, base)
+    _warn_unread(model_options, MODEL_OPTIONS, "model")
+    _warn_unread(data_options, DATA_OPTIONS, "data")
     cfg = AuditConfig(
         model=model, model_options=model_options, data=data, data_options=data_options,
         attacks=_selections(raw["attacks"], "attacks") if "attacks" in raw else None,

@@ -255,3 +255,17 @@ def test_verbose_before_or_after_the_command(flags, tmp_path):
     proc = cli(*flags, "--attacks", "no-such-attack", "--out", str(tmp_path))
     # -v is accepted wherever it is; the one error is about the attack
     assert_bad_input(proc.returncode, proc.stderr, "unknown attack 'no-such-attack'")
+
+
+@pytest.mark.parametrize("table, key", [("model", "ouput"), ("model", "arhc"),
+                                        ("data", "sampels")])
+def test_an_option_no_loader_reads_is_named_not_dropped_silently(table, key, caplog):
+    from gauntlet.config import from_mapping
+
+    with caplog.at_level("WARNING", logger="gauntlet"):
+        from_mapping({table: {key: 1}})
+    assert f"[{table}] option {key!r} is not read by any built-in loader" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gauntlet"):
+        from_mapping({"model": {"arch": "m:f", "epochs": 3}, "data": {"test_size": 0.3}})
+    assert "is not read" not in caplog.text

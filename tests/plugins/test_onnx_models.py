@@ -428,3 +428,5 @@ def test_audit_runs_score_attacks_and_marks_gradient_attacks_not_applicable(tmp_
             assert status[(defense, attack)][0] == "ok", status[(defense, attack)]
     model = result.result["provenance"]["model"]
     assert (model["access"], model["format"], model["recipe"]) == ("scores", "onnx", None)
+    # No visible weights: no hash of nothing; the file's own sha256 identifies the model.
+    assert model["weights_sha256"] is None and len(model["sha256"]) == 64
