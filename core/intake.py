@@ -93,6 +93,14 @@ class ScanReport:
         return ModelLoadError(f"{self.path} is a {self.format} file that Gauntlet will not "
                               f"load: {self.verdict.removeprefix('refused: ')}")
 
+    def require_passed(self, data: bytes) -> None:
+        """Raise unless this report passed ``data`` (the same bytes): a loader's guard that
+        it never loads what no scan, or a refusing one, has read."""
+        if not self.safe:
+            raise self.error()
+        if self.size != len(data) or self.sha256 != hashlib.sha256(data).hexdigest():
+            raise ModelLoadError(f"{self.path}: the bytes to load are not the bytes scanned")
+
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "format": self.format, "sha256": self.sha256,
                 "size": self.size, "safe": self.safe, "verdict": self.verdict,

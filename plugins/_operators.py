@@ -307,15 +307,6 @@ class GraphCheck:
         return not self.refused and not self.problems
 
 
-def first_reason(check: GraphCheck) -> str:
-    """One line for an error message: the first problem, else the first refusal."""
-    if check.problems:
-        return check.problems[0]
-    what, where = check.refused[0]
-    why = f" ({why_refused(what)})" if "::" in what else ""
-    return f"{what}{why} in {where}"
-
-
 def note_operator(check: GraphCheck, op: str, where: str) -> None:
     check.operators[op] = check.operators.get(op, 0) + 1
     if not is_allowed(op):

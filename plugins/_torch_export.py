@@ -20,11 +20,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from gauntlet import ModelLoadError
+from gauntlet import ModelLoadError, ScanReport
 from gauntlet.plugins._operators import (
     GraphCheck,
     base_name,
-    first_reason,
     note_operator,
     refuse,
 )
@@ -74,19 +73,6 @@ def check_export_program(data: bytes) -> GraphCheck:
     except Exception as exc:  # noqa: BLE001 - a malformed archive is refused, not loaded
         check.problems.append(f"it is malformed ({type(exc).__name__}: {exc})")
     return check
-
-
-def check_pt2(path: Path, data: bytes) -> None:
-    """Raise ModelLoadError unless torch.export.load would only read data from ``data``."""
-    check = check_export_program(data)
-    if check.safe:
-        return
-    if check.problems or "::" in check.refused[0][0]:
-        why = first_reason(check)
-    else:
-        target, where = check.refused[0]
-        why = f"its graph calls {target!r}, which is not a tensor operator, in {where}"
-    raise ModelLoadError(f"{path} is a torch.export archive that Gauntlet will not load: {why}")
 
 
 def _check_archive(zf: zipfile.ZipFile, check: GraphCheck) -> None:
@@ -182,10 +168,11 @@ def _safe_expr(expr: str) -> bool:
     return True
 
 
-def load_export(path: Path, data: bytes) -> Any:
+def load_export(path: Path, data: bytes, report: ScanReport) -> Any:
+    """The program in ``data``, which a passing intake scan (check_export_program) read."""
     import torch
 
-    check_pt2(path, data)
+    report.require_passed(data)
     try:
         program = torch.export.load(io.BytesIO(data))
     except Exception as exc:  # noqa: BLE001

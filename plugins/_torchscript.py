@@ -32,7 +32,6 @@ from gauntlet.plugins._operators import (
     NAMESPACES,
     TORCHSCRIPT_BUILTINS,
     GraphCheck,
-    first_reason,
     is_allowed,
     note_operator,
     refuse,
@@ -40,7 +39,7 @@ from gauntlet.plugins._operators import (
 )
 from gauntlet.plugins._tensor_bounds import tensor_bound_problems
 
-__all__ = ["GraphCheck", "check_torchscript", "first_reason", "zip_problem"]
+__all__ = ["GraphCheck", "check_torchscript", "zip_problem"]
 
 
 def zip_problem(zf: zipfile.ZipFile) -> str | None:

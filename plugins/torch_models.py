@@ -17,7 +17,7 @@ file is ours), the bytes are read once, hashed, and loaded from memory:
   files (it unpickles, evals symbolic-shape strings with sympy and execs guard code), so
   the archive is first checked against an allow-list, its graph's operators against the
   same operator allow-list as TorchScript's
-  (:func:`gauntlet.plugins._torch_export.check_pt2`). Export the model in eval mode: the
+  (:func:`gauntlet.plugins._torch_export.check_export_program`). Export the model in eval mode: the
   program keeps the train/eval behaviour it was exported with.
 - TorchScript archives. ``torch.jit.load`` runs code: it compiles the archive's
   serialized code, unpickles ``data.pkl`` and ``constants.pkl`` with TorchScript's
@@ -48,6 +48,7 @@ from gauntlet import (
     Model,
     ModelLoadError,
     Recipe,
+    ScanReport,
     hookimpl,
     read_model_file,
     train_classifier,
@@ -140,11 +141,11 @@ def _load_file(spec: str, path: Path, options: Mapping[str, Any]) -> Model | Non
               "sha256": report.sha256, "intake": report.to_dict()}
     recipe = None
     if fmt == "torchscript":
-        module = _load_torchscript(path, data, options)
+        module = _load_torchscript(path, data, report)
     elif fmt == "torch.export":
         from gauntlet.plugins._torch_export import load_export
 
-        module = load_export(path, data)
+        module = load_export(path, data, report)
     else:
         if fmt == "safetensors":
             weights = _read_safetensors(path, data)
@@ -295,16 +296,12 @@ def _recipe(factory: Callable[..., Any], label: str, kwargs: Mapping[str, Any], 
     return Recipe(make, fit, f"{label} trained by Gauntlet: {epochs} epochs, Adam lr={lr}")
 
 
-def _load_torchscript(path: Path, data: bytes, options: Mapping[str, Any]) -> Any:
+def _load_torchscript(path: Path, data: bytes, report: ScanReport) -> Any:
     import torch
 
-    from gauntlet.plugins._torchscript import check_torchscript, first_reason
-
-    # torch.jit.load itself runs the archive's __setstate__ code, so the check comes first.
-    check = check_torchscript(data)
-    if not check.safe:
-        raise ModelLoadError(f"{path} is a TorchScript archive that Gauntlet will not load: "
-                             f"{first_reason(check)}")
+    # torch.jit.load itself runs the archive's __setstate__ code: only bytes that a passing
+    # scan read are loaded (the scan is the check; it is not run twice).
+    report.require_passed(data)
     with warnings.catch_warnings():
         # torch 2.15 deprecates TorchScript; loading existing archives is still the point.
         warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated", FutureWarning)

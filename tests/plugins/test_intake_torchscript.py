@@ -347,17 +347,23 @@ def test_code_that_writes_files_is_refused_before_anything_runs(payload, tmp_pat
     assert f"{operator} in " in message  # the operator, then where it is
 
 
-def test_the_torchscript_loader_checks_on_its_own(tmp_path, monkeypatch):
-    """Whatever scanned the file before, _load_torchscript runs the check itself."""
+def test_the_torchscript_loader_loads_only_bytes_a_passing_scan_read(tmp_path, monkeypatch):
+    """_load_torchscript takes the scan's report and refuses what it refused, or other bytes."""
+    from gauntlet.plugins.scanners import scan_torch
     from gauntlet.plugins.torch_models import _load_torchscript
 
     marker = tmp_path / "pwned"
     path = script(FileWriter(str(marker)), tmp_path / "evil.ts")
+    evil = path.read_bytes()
+    good = script(Plain(), tmp_path / "good.ts").read_bytes()
     monkeypatch.setattr(torch.jit, "load", lambda *a, **k: pytest.fail("torch.jit.load ran"))
-    with pytest.raises(ModelLoadError, match=r"evil\.ts is a TorchScript archive that Gauntlet "
-                       r"will not load: aten::from_file \(maps a file on disk into a tensor.*\) "
-                       r"in `forward` of the root module \(class __torch__\.\S*FileWriter\)$"):
-        _load_torchscript(path, path.read_bytes(), {})
+    refused, _ = scan_torch(path, evil, "torchscript")
+    with pytest.raises(ModelLoadError, match=r"evil\.ts is a torchscript file that Gauntlet "
+                       r"will not load: aten::from_file in `forward` of the root module"):
+        _load_torchscript(path, evil, refused)
+    passed, _ = scan_torch(path, good, "torchscript")
+    with pytest.raises(ModelLoadError, match="not the bytes scanned"):
+        _load_torchscript(path, evil, passed)
     assert not marker.exists()
 
 
