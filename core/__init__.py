@@ -14,6 +14,7 @@ from gauntlet.attack import Attack, Family  # noqa: E402
 from gauntlet.dataset import Dataset  # noqa: E402
 from gauntlet.defense import Defense, Stage  # noqa: E402
 from gauntlet.errors import (  # noqa: E402
+    AccessDenied,
     ConfigError,
     DataError,
     GauntletError,
@@ -21,6 +22,7 @@ from gauntlet.errors import (  # noqa: E402
     NotApplicable,
     PluginError,
 )
+from gauntlet.evasion import EvasionAttack  # noqa: E402
 from gauntlet.files import sha256_file  # noqa: E402
 from gauntlet.intake import Finding, ScanReport, read_model_file  # noqa: E402
 from gauntlet.metric import Metric, MetricValue, proportion, wilson  # noqa: E402
@@ -35,6 +37,7 @@ from gauntlet.outcome import (  # noqa: E402
     Predictions,
     ProbeOutcome,
 )
+from gauntlet.params import Param, param  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -47,6 +50,7 @@ def audit(*args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 __all__ = [
+    "AccessDenied", "EvasionAttack", "Param", "param",
     "Access", "Attack", "CleanOutcome", "ConfigError", "DataError", "Dataset", "Defense",
     "EvasionOutcome", "ExtractionOutcome", "Family", "Finding", "GauntletError",
     "MembershipOutcome", "Metric", "MetricValue", "Model", "ModelLoadError", "NotApplicable",

@@ -4,9 +4,9 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, ClassVar
 
-from gauntlet.component import Component
 from gauntlet.errors import PluginError
 from gauntlet.model import Access
+from gauntlet.params import Parameterised
 
 if TYPE_CHECKING:
     import numpy as np
@@ -27,13 +27,17 @@ class Family(str, enum.Enum):
     PROBE = "probe"
 
 
-class Attack(Component):
+class Attack(Parameterised):
     """Base class of attacks.
 
-    Subclasses set ``name``, ``family``, ``needs`` (the access an attacker must have),
-    ``needs_recipe`` (True if the attack re-trains the model), ``params`` (defaults; a
-    tuple is a sweep) and ``outcome`` (the Outcome type ``run`` returns), and implement
-    :meth:`run`. An attack that finds it cannot run against a model raises
+    Most attacks subclass a family's base instead (:class:`gauntlet.EvasionAttack`,
+    :class:`gauntlet.PoisoningAttack`, :class:`gauntlet.MembershipAttack`,
+    :class:`gauntlet.ExtractionAttack`, :class:`gauntlet.ProbeAttack`), which owns
+    :meth:`run` and asks the plugin only for its idea. Subclassing Attack directly is for
+    a threat no family covers: set ``name``, ``family``, ``needs`` (the access an attacker
+    must have), ``needs_recipe`` (True if the attack re-trains the model), ``outcome``
+    (the Outcome type ``run`` returns), declare parameters with :func:`gauntlet.param`,
+    and implement :meth:`run`. An attack that finds it cannot run against a model raises
     :class:`gauntlet.NotApplicable` with the reason.
     """
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, ClassVar
 
-from gauntlet.component import Component
 from gauntlet.errors import PluginError
+from gauntlet.params import Parameterised
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,22 +25,28 @@ class Stage(str, enum.Enum):
     DETECTOR = "detector"
 
 
-class Defense(Component):
+class Defense(Parameterised):
     """Base class of defenses.
 
-    Subclasses set ``name``, ``stage``, ``params``, ``evaluation`` (one sentence: how
-    attacks are run against this defense, e.g. whether gradients pass through it) and
-    ``adaptive`` (False when attacks cannot account for the defense, so its robustness
-    numbers are only an upper bound; the report flags it), and implement :meth:`apply`.
+    Subclasses set ``name``, ``stage``, ``evaluation`` (one sentence: how attacks are run
+    against this defense, e.g. whether gradients pass through it) and ``adaptive``, declare
+    parameters with :func:`gauntlet.param`, and implement :meth:`apply`, which builds the
+    deployed model with :meth:`gauntlet.Model.deploy` (or re-trains it).
+
+    ``adaptive`` has no default, because the safe answer differs per defense: True only if
+    attacks account for the defense (gradients pass through it, or through the gradient
+    stand-in it deploys); False makes the report flag its robustness numbers as an upper
+    bound. A defense that does not declare it is listed as broken.
     """
 
     kind: ClassVar[str] = "defense"
     stage: ClassVar[Stage] = Stage.INPUT
     evaluation: ClassVar[str] = ""
-    adaptive: ClassVar[bool] = True
+    adaptive: ClassVar[bool]
 
     def apply(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> Model:
-        """Return the defended model. Must not modify ``model``."""
+        """Return the defended model, built with ``model.deploy(...)``; never modify
+        ``model``. Draw any randomness from ``rng``."""
         raise NotImplementedError
 
     @classmethod
@@ -48,3 +54,7 @@ class Defense(Component):
         super().validate_class()
         if not isinstance(cls.stage, Stage):
             raise PluginError(f"{cls.owner()}: stage must be a gauntlet.Stage")
+        if not isinstance(getattr(cls, "adaptive", None), bool):
+            raise PluginError(
+                f"{cls.owner()} does not declare adaptive = True or False: say whether "
+                "attacks account for this defense (docs/plugins.md, 'Defenses')")

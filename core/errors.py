@@ -32,3 +32,13 @@ class NotApplicable(Exception):
     The runner records the cell as ``not_applicable`` with this message as the reason.
     It is not an error: the report shows it as a deliberate gap.
     """
+
+
+class AccessDenied(GauntletError):
+    """A plugin asked a model for more than its deployment exposes (scores from a
+    labels-only model, gradients or the torch module from a black box).
+
+    Raised by :class:`gauntlet.Model`. An attack that declares the access it ``needs``
+    never sees it: the cell is marked not applicable before the attack runs. Seeing it in
+    a cell means the attack uses more than it declares.
+    """

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from gauntlet.attack import Attack, Family
-from gauntlet.component import params_key
 from gauntlet.dataset import Dataset
 from gauntlet.defense import Defense
 from gauntlet.errors import ConfigError, NotApplicable
@@ -44,6 +43,7 @@ from gauntlet.outcome import (
     Predictions,
     ProbeOutcome,
 )
+from gauntlet.params import params_key
 from gauntlet.registry import Registry
 from gauntlet.results import CellResult, metric_record, short_paths
 

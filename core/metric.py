@@ -5,8 +5,8 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, ClassVar
 
-from gauntlet.component import summary
 from gauntlet.errors import PluginError
+from gauntlet.params import summary
 
 if TYPE_CHECKING:
     from gauntlet.outcome import Outcome
@@ -40,12 +40,21 @@ def proportion(successes: float, n: int) -> MetricValue:
     return MetricValue(successes / n if n else math.nan, n, low, high)
 
 
+#: How the report prints a metric's values.
+FORMATS = ("percent", "number")
+
+
 class Metric:
     """Base class of metrics.
 
     Subclasses set ``name``, ``title`` (for the report), ``applies_to`` (Outcome types),
     ``higher_is_better`` (for the defender), ``bounds`` (the value range, for colouring;
-    None if unbounded) and implement :meth:`compute`.
+    None if unbounded), ``format`` (how the report prints a value) and implement
+    :meth:`compute`.
+
+    ``format`` is ``"percent"`` for a proportion in [0, 1] (0.88 prints as 88.0%),
+    ``"number"`` for anything else (a distance, a count, bits): a number is never printed
+    as a percentage unless the metric says it is one.
     """
 
     kind: ClassVar[str] = "metric"
@@ -53,7 +62,8 @@ class Metric:
     title: ClassVar[str] = ""
     applies_to: ClassVar[tuple[type, ...]] = ()
     higher_is_better: ClassVar[bool] = True
-    bounds: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
+    bounds: ClassVar[tuple[float, float] | None] = None
+    format: ClassVar[str] = "number"
 
     def compute(self, outcome: Outcome) -> MetricValue | float:
         """Return the metric for ``outcome`` (a bare float is taken with n = outcome.n)."""
@@ -80,3 +90,10 @@ class Metric:
             raise PluginError(f"metric {cls.name!r} ({cls.__qualname__}) has no docstring")
         if not cls.applies_to:
             raise PluginError(f"metric {cls.name!r}: applies_to names no outcome type")
+        if cls.format not in FORMATS:
+            raise PluginError(f"metric {cls.name!r}: format must be one of "
+                              f"{', '.join(FORMATS)}, got {cls.format!r}")
+        if cls.format == "percent" and cls.bounds is not None and (
+                cls.bounds[0] < -1 or cls.bounds[1] > 1):
+            raise PluginError(f"metric {cls.name!r}: a percent metric lies in [-1, 1], "
+                              f"but its bounds are {cls.bounds}")

@@ -1,21 +1,28 @@
-"""The model under audit, seen by every plugin through one interface.
+"""The model under audit: the only door to it, for attacks and defenses alike.
 
 A :class:`Model` wraps a ``torch.nn.Module`` that maps a float batch shaped
-``(N, *input_shape)`` to logits ``(N, n_classes)``. Defenses return a new Model around
-a new module, so a defended model is again a Model and attacks never need to know
-which defense they face.
+``(N, *input_shape)`` to logits ``(N, n_classes)``. It enforces what its deployment
+exposes (:class:`Access`): a labels-only model answers :meth:`Model.labels` and nothing
+else; a scores-only one never shows its module or gradients. Every row sent to it is
+counted in :attr:`Model.queries`, and an attack's outcome reports that count.
+
+A defense builds its deployed model with :meth:`Model.deploy`: pre-processing,
+post-processing, a lower access level, and an optional gradient stand-in that gradient
+attacks differentiate through instead (BPDA), without knowing it is there. A defended
+model is again a Model, so attacks never need to know which defense they face.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gauntlet.errors import NotApplicable
+from gauntlet.errors import AccessDenied, NotApplicable
 
 if TYPE_CHECKING:
     import torch
@@ -66,10 +73,62 @@ def _fingerprint(x: np.ndarray, y: np.ndarray, seed: int) -> str:
     return h.hexdigest()
 
 
-class Model:
-    """A classifier under audit.
+Transform = Callable[["torch.Tensor"], "torch.Tensor"]
 
-    :param module: maps ``(N, *input_shape)`` float32 to logits ``(N, n_classes)``.
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """One defense's part of a deployment (made by :meth:`Model.deploy`)."""
+
+    pre: Transform | None = None
+    post: Transform | None = None
+    gradient: Transform | None = None
+    access: Access = Access.GRADIENTS
+
+
+def _composed(base: Any, layers: tuple[Layer, ...], *, stand_ins: bool) -> Any:
+    """``base`` wrapped by each layer in turn (the last deployed layer is outermost)."""
+    from torch import nn
+
+    class Deployed(nn.Module):
+        def __init__(self, inner: nn.Module, layer: Layer) -> None:
+            super().__init__()
+            self.inner = inner
+            self.layer = layer
+            # Register module transforms so they follow the model (device, eval mode).
+            for role in ("pre", "post", "gradient"):
+                part = getattr(layer, role)
+                if isinstance(part, nn.Module):
+                    self.add_module(role, part)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            import torch
+
+            pre, stand_in = self.layer.pre, self.layer.gradient
+            if pre is not None:
+                if stand_ins and stand_in is not None and torch.is_grad_enabled():
+                    # BPDA: the forward value is the defense's, the gradient the stand-in's.
+                    with torch.no_grad():
+                        real = pre(x)
+                    approx = stand_in(x)
+                    x = approx + (real - approx).detach()
+                else:
+                    x = pre(x)
+            z = self.inner(x)
+            post = self.layer.post
+            return post(z) if post is not None else z
+
+    module = base
+    for layer in layers:
+        module = Deployed(module, layer)
+    return module
+
+
+class Model:
+    """A classifier under audit, as deployed.
+
+    :param module: maps ``(N, *input_shape)`` float32 to logits ``(N, n_classes)``. Its
+        weights are frozen (``requires_grad=False``): attacks need input gradients only.
     :param input_shape: the shape of one input, e.g. ``(1, 28, 28)``.
     :param n_classes: number of classes.
     :param clip_values: the valid input range, ``(low, high)``.
@@ -77,8 +136,7 @@ class Model:
     :param recipe: how to train this architecture from scratch, when known.
     :param name: a label for reports.
     :param source: provenance (file path, sha256, format) for the report.
-    :param rebuild: for a defended model, how to put the same defense around another
-        base module; lets poisoning re-train the base and keep the defense.
+    :param batch_size: rows per forward pass when the model evaluates a large array.
     """
 
     def __init__(
@@ -92,20 +150,31 @@ class Model:
         recipe: Recipe | None = None,
         name: str = "model",
         source: dict[str, Any] | None = None,
-        rebuild: Callable[[torch.nn.Module], Model] | None = None,
         batch_size: int = 512,
     ) -> None:
         module.eval()
-        self.module = module
+        for p in module.parameters():
+            p.requires_grad_(False)
+        self._base = module
+        self._layers: tuple[Layer, ...] = ()
         self.input_shape = tuple(int(d) for d in input_shape)
         self.n_classes = int(n_classes)
         self.clip_values = (float(clip_values[0]), float(clip_values[1]))
-        self.access = Access(access)
+        self._base_access = Access(access)
         self.recipe = recipe
         self.name = name
         self.source = dict(source or {})
         self.batch_size = batch_size
-        self._rebuild = rebuild
+        #: Rows sent to this model by plugins (predict, labels, gradients, forward passes).
+        self.queries = 0
+        self._watched: np.ndarray | None = None
+        self._seen: np.ndarray | None = None
+        self._compose()
+
+    def _compose(self) -> None:
+        self._forward = _composed(self._base, self._layers, stand_ins=False)
+        self._gradient_path = _composed(self._base, self._layers, stand_ins=True)
+        self.access = min([self._base_access, *(layer.access for layer in self._layers)])
 
     def __repr__(self) -> str:
         return (
@@ -113,28 +182,112 @@ class Model:
             f"n_classes={self.n_classes}, access={self.access.name})"
         )
 
-    # -- inference ------------------------------------------------------------------
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        """Logits for a batch, as float32 numpy. Evaluated without gradients, in batches."""
-        import torch
-
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(x), self.batch_size):
-                chunk = torch.as_tensor(np.asarray(x[start : start + self.batch_size]),
-                                        dtype=torch.float32)
-                out.append(self.module(chunk).float().cpu().numpy())
-        if not out:
-            return np.zeros((0, self.n_classes), dtype=np.float32)
-        return np.concatenate(out)
+    # -- what plugins may ask -------------------------------------------------------
+    def labels(self, x: np.ndarray) -> np.ndarray:
+        """The predicted class of each row (int64). Every deployment answers this."""
+        self.queries += len(x)
+        scores = _scores(self, x)
+        self._remember(x, scores)
+        return scores.argmax(axis=1).astype(np.int64)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities for a batch (softmax of the logits)."""
-        z = self.logits(x).astype(np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
-        return p.astype(np.float32)
+        """Class probabilities for a batch (softmax of the logits); needs scores access."""
+        self._require(Access.SCORES, "scores (predict)")
+        self.queries += len(x)
+        scores = _scores(self, x)
+        self._remember(x, scores)
+        return scores
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits for a batch, as float32 numpy; needs gradient (white-box) access."""
+        self._require(Access.GRADIENTS, "logits")
+        self.queries += len(x)
+        return _logits(self, x)
+
+    def loss_gradient(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The gradient of the mean cross-entropy over the rows given (one batch) with
+        respect to each input, through the deployment's gradient stand-ins; needs gradient
+        access. The forward pass it takes also counts as the rows' clean predictions."""
+        import torch
+        import torch.nn.functional as F
+
+        self._require(Access.GRADIENTS, "gradients (loss_gradient)")
+        self.queries += len(x)
+        xb = _tensor(x).requires_grad_(True)
+        logits = self._gradient_path(xb)
+        loss = F.cross_entropy(logits, torch.as_tensor(np.asarray(y, dtype=np.int64)))
+        # autograd.grad asks for the input's gradient only: no weight gradient is computed.
+        (grad,) = torch.autograd.grad(loss, xb)
+        self._remember(x, softmax(logits.detach().float().cpu().numpy()))
+        return grad.cpu().numpy()
+
+    def differentiable(self) -> torch.nn.Module:
+        """A torch module computing the deployed logits, for attacks written in torch or
+        run by a library (ART): its backward goes through the defense's gradient
+        stand-ins, and every row it sees is counted. Needs gradient access."""
+        from torch import nn
+
+        self._require(Access.GRADIENTS, "its torch module")
+        model, path = self, self._gradient_path
+
+        class Counting(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.path = path
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                model.queries += int(x.shape[0])
+                return self.path(x)  # type: ignore[no-any-return]
+
+        return Counting().eval()
+
+    def to_art(self) -> Any:
+        """An ART ``PyTorchClassifier`` over :meth:`differentiable` (gradient access)."""
+        import torch
+        from art.estimators.classification import PyTorchClassifier
+
+        return PyTorchClassifier(
+            model=self.differentiable(),
+            loss=torch.nn.CrossEntropyLoss(),
+            input_shape=self.input_shape,
+            nb_classes=self.n_classes,
+            clip_values=self.clip_values,
+            device_type="cpu",
+        )
+
+    # -- what defenses use -----------------------------------------------------------
+    def deploy(self, *, pre: Transform | None = None, post: Transform | None = None,
+               access: Access | None = None, gradient: Transform | None = None) -> Model:
+        """This model behind one more defense, as a new Model (this one is unchanged).
+
+        :param pre: applied to each input batch (a torch tensor) before the model.
+        :param post: applied to the model's logits; return logits (for an output defense
+            on probabilities, return their log: the model's softmax gives them back).
+        :param access: what the deployment exposes, at most what this model exposes.
+        :param gradient: a differentiable stand-in for ``pre`` that gradient attacks use
+            in the backward pass (BPDA), e.g. ``lambda x: x`` for a non-differentiable
+            pre-processing that leaves inputs roughly unchanged.
+
+        The deployment is kept as data: :meth:`with_module` puts the same defenses
+        around a re-trained base, as poisoning needs.
+        """
+        if gradient is not None and pre is None:
+            raise TypeError("deploy(gradient=...) stands in for pre; there is no pre")
+        layer = Layer(pre=pre, post=post, gradient=gradient,
+                      access=Access(access) if access is not None else Access.GRADIENTS)
+        return self._derived(self._base, self._layers + (layer,))
+
+    def with_module(self, module: torch.nn.Module) -> Model:
+        """The same deployment (every defense included) around another base module."""
+        return self._derived(module, self._layers)
+
+    def _derived(self, base: Any, layers: tuple[Layer, ...]) -> Model:
+        new = Model(base, input_shape=self.input_shape, n_classes=self.n_classes,
+                    clip_values=self.clip_values, access=self._base_access, recipe=self.recipe,
+                    name=self.name, source=self.source, batch_size=self.batch_size)
+        new._layers = layers
+        new._compose()
+        return new
 
     # -- what attacks need ----------------------------------------------------------
     def require(self, access: Access) -> None:
@@ -143,6 +296,13 @@ class Model:
             raise NotApplicable(
                 f"needs {access.name.lower()} access; this model exposes "
                 f"{self.access.name.lower()} only"
+            )
+
+    def _require(self, access: Access, what: str) -> None:
+        if self.access < access:
+            raise AccessDenied(
+                f"asked for {what}, but this deployment exposes {self.access.name.lower()} "
+                f"only; an attack must declare needs = Access.{access.name}"
             )
 
     def require_recipe(self) -> Recipe:
@@ -154,41 +314,10 @@ class Model:
             )
         return self.recipe
 
-    def with_module(self, module: torch.nn.Module) -> Model:
-        """The same deployment (defense included) around another base module."""
-        if self._rebuild is not None:
-            return self._rebuild(module)
-        return Model(
-            module,
-            input_shape=self.input_shape,
-            n_classes=self.n_classes,
-            clip_values=self.clip_values,
-            access=self.access,
-            recipe=self.recipe,
-            name=self.name,
-            source=self.source,
-            batch_size=self.batch_size,
-        )
-
     def retrain(self, x: np.ndarray, y: np.ndarray, seed: int) -> Model:
-        """Train this architecture from scratch on ``(x, y)``, keeping any defense."""
+        """Train this architecture from scratch on ``(x, y)``, keeping every defense."""
         recipe = self.require_recipe()
         return self.with_module(recipe.train(x, y, seed))
-
-    def to_art(self) -> Any:
-        """An ART ``PyTorchClassifier`` over this model's logits (needs gradient access)."""
-        self.require(Access.GRADIENTS)
-        import torch
-        from art.estimators.classification import PyTorchClassifier
-
-        return PyTorchClassifier(
-            model=self.module,
-            loss=torch.nn.CrossEntropyLoss(),
-            input_shape=self.input_shape,
-            nb_classes=self.n_classes,
-            clip_values=self.clip_values,
-            device_type="cpu",
-        )
 
     def check_data(self, dataset: Dataset) -> None:
         """Raise DataError if ``dataset`` does not fit this model."""
@@ -204,3 +333,83 @@ class Model:
                 f"data {dataset.name!r} has {dataset.n_classes} classes, "
                 f"but model {self.name!r} outputs {self.n_classes}"
             )
+
+    # -- clean predictions taken on the way ------------------------------------------
+    def _remember(self, x: np.ndarray, scores: np.ndarray) -> None:
+        if x is self._watched and self._seen is None:
+            self._seen = scores
+
+    @contextlib.contextmanager
+    def _watching(self, x: np.ndarray) -> Iterator[Callable[[], np.ndarray | None]]:
+        """While the block runs, keep the scores of the first pass over exactly ``x``
+        (the same array object); the yielded function returns them, or None."""
+        self._watched, self._seen = x, None
+        try:
+            yield lambda: self._seen
+        finally:
+            self._watched = None
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities from logits, in float64 then float32 (how every score is computed)."""
+    z = logits.astype(np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    return p.astype(np.float32)
+
+
+def _tensor(x: np.ndarray) -> torch.Tensor:
+    """A float32 tensor sharing ``x``'s memory where it can (a read-only array is copied:
+    torch tensors are always writable)."""
+    import torch
+
+    a = np.asarray(x, dtype=np.float32)
+    return torch.from_numpy(a if a.flags.writeable and a.flags.c_contiguous
+                            else np.ascontiguousarray(a).copy())
+
+
+def _logits(model: Model, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(x), model.batch_size):
+            chunk = _tensor(x[start : start + model.batch_size])
+            out.append(model._forward(chunk).float().cpu().numpy())
+    if not out:
+        return np.zeros((0, model.n_classes), dtype=np.float32)
+    return np.concatenate(out)
+
+
+def _scores(model: Model, x: np.ndarray) -> np.ndarray:
+    return softmax(_logits(model, x)) if len(x) else np.zeros((0, model.n_classes), np.float32)
+
+
+def measure(model: Model, x: np.ndarray) -> np.ndarray:
+    """What the deployment outputs for ``x``, for the core's measurements: its
+    probabilities, or one-hot rows for a labels-only deployment. Not counted as queries,
+    and not part of the plugin API (plugins ask :meth:`Model.predict`)."""
+    scores = _scores(model, x)
+    if model.access >= Access.SCORES:
+        return scores
+    onehot = np.zeros_like(scores)
+    onehot[np.arange(len(scores)), scores.argmax(axis=1)] = 1.0
+    return onehot
+
+
+def weights_sha256(model: Model) -> str | None:
+    """The SHA-256 of the base module's parameters and buffers in state_dict order, or
+    None for a black box with no weights Gauntlet can see."""
+    import torch
+
+    state = model._base.state_dict()
+    if not state:
+        return None
+    h = hashlib.sha256()
+    for name, tensor in state.items():
+        t = tensor.detach().cpu().contiguous().flatten()
+        h.update(f"{name}:{t.dtype}:{tuple(tensor.shape)}".encode())
+        # Bytes via uint8, so dtypes numpy lacks (bfloat16) hash too.
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

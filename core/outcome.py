@@ -2,7 +2,10 @@
 
 Metrics declare which outcome types they apply to; the runner computes every metric
 whose ``applies_to`` matches. ``artifacts()`` returns small JSON-able data the report
-draws (ROC curves, histograms); big arrays are never stored.
+draws (ROC curves, histograms). ``per_row()`` returns the per-row results (correct
+before and after, distances, scores) that ``cells.jsonl`` keeps in a compact form, so
+a worst case over attacks, a row-by-row comparison of two audits or a resampled
+interval needs no re-run. Probabilities themselves are never stored.
 """
 from __future__ import annotations
 
@@ -18,6 +21,10 @@ class Outcome:
 
     def artifacts(self) -> dict[str, Any]:
         """Small JSON-able data for the report (curves, histograms)."""
+        return {}
+
+    def per_row(self) -> dict[str, np.ndarray]:
+        """One array per field, one entry per evaluated row (see :mod:`gauntlet.rows`)."""
         return {}
 
     @property
@@ -45,6 +52,14 @@ class Predictions(Outcome):
     def y_pred(self) -> np.ndarray:
         return self.proba.argmax(axis=1)
 
+    @property
+    def correct(self) -> np.ndarray:
+        """Per row: is the prediction right?"""
+        return np.asarray(self.proba.argmax(axis=1) == self.y_true)
+
+    def per_row(self) -> dict[str, np.ndarray]:
+        return {"correct": self.correct}
+
 
 @dataclasses.dataclass
 class CleanOutcome(Predictions):
@@ -53,17 +68,39 @@ class CleanOutcome(Predictions):
 
 @dataclasses.dataclass
 class EvasionOutcome(Predictions):
-    """Predictions on adversarial inputs (``proba``) beside those on the clean ones.
+    """Predictions on adversarial inputs (``proba``) beside those on the clean ones, with
+    per-row distances. Built by :class:`gauntlet.EvasionAttack`; every array has one
+    entry per attacked row.
 
     :param proba_clean: probabilities on the clean inputs, same model, same rows.
-    :param linf: the largest L-infinity distance between an adversarial input and its
-        clean original (measured, not assumed).
-    :param queries: model queries spent, when the attack counts them.
+    :param rows: the attacked rows' indices in the evaluated test set.
+    :param l0: per row, how many input values the attack changed.
+    :param l2: per row, the Euclidean distance to the clean input.
+    :param linf: per row, the largest change of any input value (L-infinity).
+    :param queries: rows the attack sent to the model, counted by the Model.
     """
 
     proba_clean: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
-    linf: float = 0.0
+    rows: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    l0: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
+    l2: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
+    linf: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
     queries: int | None = None
+
+    @property
+    def correct_before(self) -> np.ndarray:
+        """Per row: right on the clean input?"""
+        return np.asarray(self.proba_clean.argmax(axis=1) == self.y_true)
+
+    @property
+    def correct_after(self) -> np.ndarray:
+        """Per row: still right on the adversarial input?"""
+        return self.correct
+
+    def per_row(self) -> dict[str, np.ndarray]:
+        return {"row": self.rows, "correct_before": self.correct_before,
+                "correct_after": self.correct_after, "l0": self.l0, "l2": self.l2,
+                "linf": self.linf}
 
 
 @dataclasses.dataclass

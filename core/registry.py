@@ -18,10 +18,10 @@ import pluggy
 
 from gauntlet import hookspecs
 from gauntlet.attack import Attack
-from gauntlet.component import summary
 from gauntlet.defense import Defense
 from gauntlet.errors import ConfigError, PluginError
 from gauntlet.metric import Metric
+from gauntlet.params import summary
 
 log = logging.getLogger(__name__)
 
