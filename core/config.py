@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from gauntlet.errors import ConfigError
-from gauntlet.matrix import Selection
+from gauntlet.plan import Selection
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,11 @@
-"""Audit results as plain data: the schema of results.json and the tidy table.
+"""Audit results as plain data: the schema of results.json, the cell record, the tidy
+table, and :class:`AuditResult`, which holds them and writes the report.
 
 Results are data first. ``results.json`` is one object::
 
     {
       "schema": 1,
+      "title": "Gauntlet audit",
       "provenance": {"gauntlet": "0.1.0", "python": "3.11.7", "libraries": {...},
                      "seed": 0, "started": "...", "duration_s": 12.3,
                      "model": {"name", "spec", "format", "sha256", "input_shape",
@@ -16,16 +18,18 @@ Results are data first. ``results.json`` is one object::
                  "inventory": {"operators" | "globals" | "tensors" | "types": ...}}
                 (a gauntlet.ScanReport; ``safe`` is null when no file was taken in),
       "config": {...the resolved audit config...},
-      "metrics":  {NAME: {"title", "higher_is_better", "bounds", "description",
-                          "plugin", "distribution", "version"}},
-      "attacks":  {NAME: {"family", "needs", "description", "plugin", "distribution",
-                          "version"}},
-      "defenses": {NAME: {"stage", "description", "evaluation", "adaptive", "plugin",
+      "metrics":  {NAME: {"title", "higher_is_better", "bounds", "format",
+                          "description", "plugin", "distribution", "version"}},
+      "attacks":  {NAME: {"family", "needs", "description", "parameters", "plugin",
                           "distribution", "version"}},
+      "defenses": {NAME: {"stage", "description", "evaluation", "adaptive",
+                          "parameters", "plugin", "distribution", "version"}},
       "cells": [CELL, ...]
     }
 
-and a CELL is::
+where ``format`` is ``"percent"`` or ``"number"`` (how the report prints the metric),
+``parameters`` lists each declared parameter as ``{"name", "type", "default", "sweep",
+"bounds", "help"}`` (``gauntlet.Param.describe``), and a CELL is::
 
     {"id", "defense", "defense_params": {...}, "defense_point": "r=0.1" | "",
      "attack", "family", "attack_params": {...}, "attack_point": "eps=0.1" | "",
@@ -33,6 +37,9 @@ and a CELL is::
      "traceback": str | null, "duration_s": float, "n": int | null,
      "metrics": {NAME: {"value", "n", "low", "high"}},
      "metric_errors": {NAME: "ValueError: why"}, "artifacts": {...}}
+
+``cells.jsonl`` holds the same records plus ``rows``, the per-row results packed by
+:mod:`gauntlet.rows` (kept out of results.json, which the report reads).
 
 A metric that raises loses only its own number: its name and the reason go to
 ``metric_errors`` and the cell stays ``ok`` with the other metrics. Tracebacks name files
@@ -43,6 +50,9 @@ shared report does not carry the auditor's paths.
 Artifacts the built-in report draws: ``{"roc": {"fpr": [...], "tpr": [...]}}``
 (membership) and ``{"histogram": {"counts": [...]}}`` (probes).
 
+:func:`check_result` checks an object against this schema (the report's tests hold
+their hand-made results to it, so they cannot drift from what an audit writes).
+
 The tidy table has one row per cell and metric (a cell with no metrics, e.g. an error,
 has one row with an empty metric; a metric that failed has a row with no value and its
 error as the reason), with the columns in :data:`TABLE_COLUMNS`.
@@ -51,13 +61,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import os
 import re
 import site
 import sysconfig
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from gauntlet.registry import Registry
+
+log = logging.getLogger(__name__)
 
 SCHEMA = 1
 TABLE_COLUMNS = (
@@ -65,11 +84,28 @@ TABLE_COLUMNS = (
     "value", "low", "high", "n", "higher_is_better", "status", "reason", "duration_s",
     "defense_params", "attack_params", "cell_id",
 )
+STATUSES = ("ok", "error", "not_applicable")
+#: The keys of results.json and of each catalogue entry (see the module docstring).
+RESULT_KEYS = ("schema", "title", "provenance", "intake", "config", "metrics", "attacks",
+               "defenses", "cells")
+PROVENANCE_KEYS = ("gauntlet", "python", "platform", "libraries", "seed", "started",
+                   "model", "data", "plugins", "broken_plugins")
+CATALOGUE_KEYS = {
+    "metrics": ("title", "higher_is_better", "bounds", "format", "description", "plugin",
+                "distribution", "version"),
+    "attacks": ("family", "needs", "description", "parameters", "plugin", "distribution",
+                "version"),
+    "defenses": ("stage", "description", "evaluation", "adaptive", "parameters", "plugin",
+                 "distribution", "version"),
+}
+PARAMETER_KEYS = ("name", "type", "default", "sweep", "bounds", "help")
+METRIC_KEYS = ("value", "n", "low", "high")
 
 
 @dataclasses.dataclass
 class CellResult:
-    """The record of one cell (one row of ``cells`` in results.json)."""
+    """The record of one cell: a line of ``cells.jsonl``; without ``rows``, one entry of
+    ``cells`` in results.json."""
 
     id: str
     defense: str
@@ -87,9 +123,18 @@ class CellResult:
     metrics: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     metric_errors: dict[str, str] = dataclasses.field(default_factory=dict)
     artifacts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: Per-row results packed by :func:`gauntlet.rows.pack` (cells.jsonl only).
+    rows: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def to_dict(self, *, rows: bool = True) -> dict[str, Any]:
+        """The record as plain data; ``rows=False`` for results.json."""
+        record = dataclasses.asdict(self)
+        if not rows:
+            del record["rows"]
+        return record
+
+
+CELL_KEYS = tuple(f.name for f in dataclasses.fields(CellResult) if f.name != "rows")
 
 
 def _clean(value: Any) -> Any:
@@ -103,6 +148,44 @@ def metric_record(value: float, n: int, low: float | None, high: float | None) -
     return {"value": _clean(float(value)), "n": int(n),
             "low": _clean(low if low is None else float(low)),
             "high": _clean(high if high is None else float(high))}
+
+
+def check_result(result: Any) -> None:
+    """Raise ValueError naming the first place where ``result`` departs from the schema
+    of results.json: a key missing or unknown, a status or metric format out of range."""
+    def keys(obj: Any, expected: tuple[str, ...], where: str, exact: bool = True) -> None:
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where} is {type(obj).__name__}, not an object")
+        missing = [k for k in expected if k not in obj]
+        unknown = sorted(set(obj) - set(expected)) if exact else []
+        if missing or unknown:
+            raise ValueError(f"{where}: missing keys {missing}, unknown keys {unknown}")
+
+    keys(result, RESULT_KEYS, "results")
+    if result["schema"] != SCHEMA:
+        raise ValueError(f"results: schema {result['schema']!r}, expected {SCHEMA}")
+    keys(result["provenance"], PROVENANCE_KEYS, "provenance", exact=False)
+    for kind, expected in CATALOGUE_KEYS.items():
+        for name, entry in result[kind].items():
+            keys(entry, expected, f"{kind}[{name!r}]")
+            for p in entry.get("parameters", ()):
+                keys(p, PARAMETER_KEYS, f"{kind}[{name!r}] parameter")
+        if kind == "metrics":
+            for name, entry in result[kind].items():
+                if entry["format"] not in ("percent", "number"):
+                    raise ValueError(f"metrics[{name!r}]: format {entry['format']!r}")
+    for i, cell in enumerate(result["cells"]):
+        where = f"cells[{i}] ({cell.get('id', '?') if isinstance(cell, dict) else '?'})"
+        keys(cell, CELL_KEYS, where)
+        if cell["status"] not in STATUSES:
+            raise ValueError(f"{where}: status {cell['status']!r} is not one of {STATUSES}")
+        for name, m in cell["metrics"].items():
+            keys(m, METRIC_KEYS, f"{where} metric {name!r}")
+            if name not in result["metrics"]:
+                raise ValueError(f"{where}: metric {name!r} is not in the catalogue")
+        if cell["attack"] not in result["attacks"] or \
+                cell["defense"] not in result["defenses"]:
+            raise ValueError(f"{where}: attack or defense missing from the catalogue")
 
 
 def tidy_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -136,6 +219,82 @@ def tidy_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                          "n": cell.get("n"), "higher_is_better": hib,
                          "reason": f"metric failed: {why}"})
     return [{c: r.get(c) for c in TABLE_COLUMNS} for r in rows]
+
+
+class AuditResult:
+    """The outcome of an audit: results as plain data, a tidy table, and the report.
+
+    :param result: the results.json object.
+    :param registry: the plugins, for their report sections.
+    :param rows: per-row results by cell id (packed, as in cells.jsonl).
+    """
+
+    def __init__(self, result: dict[str, Any], registry: Registry | None = None,
+                 rows: Mapping[str, dict[str, Any]] | None = None) -> None:
+        self.result = result
+        self._registry = registry
+        self._rows = dict(rows or {})
+
+    @property
+    def cells(self) -> list[dict[str, Any]]:
+        return self.result["cells"]  # type: ignore[no-any-return]
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The cells with their per-row results, as cells.jsonl holds them (for
+        :func:`gauntlet.rows.worst_case` and row-by-row comparisons)."""
+        return [{**c, "rows": self._rows.get(c["id"], {})} for c in self.cells]
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per cell x metric (see :data:`TABLE_COLUMNS`)."""
+        import pandas as pd
+
+        return pd.DataFrame(tidy_rows(self.result), columns=list(TABLE_COLUMNS))
+
+    def value(self, metric: str, attack: str, defense: str = "none",
+              attack_point: str = "", defense_point: str = "") -> float | None:
+        """One number from the matrix, or None if that cell has no such metric."""
+        for c in self.cells:
+            if (c["attack"], c["defense"], c["attack_point"], c["defense_point"]) == \
+                    (attack, defense, attack_point, defense_point):
+                return c["metrics"].get(metric, {}).get("value")  # type: ignore[no-any-return]
+        return None
+
+    def sections(self) -> list[dict[str, str]]:
+        """Extra report sections from plugins; a plugin that raises is skipped."""
+        if self._registry is None:
+            return []
+        if hasattr(self._registry, "report_sections"):
+            return self._registry.report_sections(self.result)  # type: ignore[no-any-return]
+        # Until Registry.report_sections lands (issue 6): the same, done here.
+        sections: list[dict[str, str]] = []
+        for impl in self._registry.pm.hook.report_sections.get_hookimpls():
+            try:
+                got = impl.function(result=self.result) or []
+                sections += [{"title": str(s["title"]), "text": str(s["text"])} for s in got]
+            except Exception:  # noqa: BLE001 - a report section never breaks the report
+                log.warning("report section of plugin %s failed", impl.plugin_name,
+                            exc_info=True)
+        return sections
+
+    def write_report(self, path: str | Path) -> Path:
+        """Write report.html and, beside it, results.json and results.csv.
+
+        :param path: the HTML file, or a folder to write report.html into.
+        """
+        import json
+
+        from gauntlet.reports.html import write_report
+
+        path = Path(path)
+        if path.suffix.lower() not in (".html", ".htm"):
+            path = path / "report.html"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.parent / "results.json").write_text(
+            json.dumps(self.result, indent=1, default=str), encoding="utf-8")
+        self.table.to_csv(path.parent / "results.csv", index=False)
+        return write_report(self.result, path, self.sections())
 
 
 # -- paths in tracebacks -------------------------------------------------------------------

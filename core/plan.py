@@ -1,0 +1,130 @@
+"""Plan an audit: the selected defenses x (clean + the selected attacks), every point of
+each parameter sweep, as a list of cells; and the seed each cell draws from.
+
+Planning constructs every parameter point once, so an unknown name, an unknown
+parameter or a value out of its bounds is a ConfigError before anything runs.
+
+Every attack cell is seeded from the audit seed and its attack point, never its
+defense: each defense faces the same random draws of an attack (common random numbers),
+so differences between rows are the defenses' doing, and a poisoned training set is the
+same under every defense. A defense is seeded from its own point. Results never depend
+on cell order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from gauntlet.attack import Attack, Family
+from gauntlet.defense import Defense
+from gauntlet.errors import ConfigError
+from gauntlet.model import Access, measure
+from gauntlet.outcome import CleanOutcome
+from gauntlet.params import params_key
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from gauntlet.dataset import Dataset
+    from gauntlet.model import Model
+    from gauntlet.registry import Registry
+
+
+class Clean(Attack):
+    """No attack: the defended model on unmodified test data (the baseline column)."""
+
+    name = "clean"
+    family = Family.BASELINE
+    needs = Access.LABELS
+    outcome = CleanOutcome
+
+    def run(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> CleanOutcome:
+        # The core's measurement, not an attacker's queries: uncounted, and one-hot for a
+        # labels-only deployment (whose scores no one may see).
+        return CleanOutcome(y_true=dataset.y_test, proba=measure(model, dataset.x_test))
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """A plugin chosen for an audit, with the user's parameter overrides."""
+
+    name: str
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One (defense point, attack point) of the plan.
+
+    The classes are those the registry holds; everything else is plain data, so a cell
+    pickles to a worker wherever its plugin classes can be imported there.
+    """
+
+    defense: type[Defense]
+    defense_params: dict[str, Any]
+    defense_point: str
+    attack: type[Attack]
+    attack_params: dict[str, Any]
+    attack_point: str
+
+    @property
+    def defense_key(self) -> str:
+        return f"{self.defense.name}{params_key(self.defense_params)}"
+
+    @property
+    def attack_key(self) -> str:
+        return f"{self.attack.name}{params_key(self.attack_params)}"
+
+    @property
+    def id(self) -> str:
+        return f"{self.defense_key}|{self.attack_key}"
+
+    @property
+    def label(self) -> str:
+        d = self.defense.name + (f" ({self.defense_point})" if self.defense_point else "")
+        a = self.attack.name + (f" ({self.attack_point})" if self.attack_point else "")
+        return f"{d} / {a}"
+
+    @property
+    def attack_seed_key(self) -> str:
+        """What an attack cell's seed derives from: its attack point, not its defense."""
+        return "attack|" + self.attack_key
+
+    @property
+    def defense_seed_key(self) -> str:
+        """What the build of a cell's defended model is seeded from."""
+        return "defense|" + self.defense_key
+
+
+def plan(registry: Registry, defenses: Sequence[Selection],
+         attacks: Sequence[Selection]) -> list[Cell]:
+    """Expand the selections into cells: every defense point x (clean + every attack
+    point), defense by defense. Raise ConfigError for a plugin selected twice, an unknown
+    name or parameter, or a bad value, before anything runs."""
+    for kind, chosen in (("defense", defenses), ("attack", attacks)):
+        names = [s.name for s in chosen]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"{kind} {twice[0]!r} is selected more than once")
+    defense_grid = [(cls, p, label)
+                    for s in defenses
+                    for cls in [registry.get("defense", s.name)]
+                    for p, label in cls.grid(s.params)]
+    attack_grid = [(Clean, {}, "")] + [
+        (cls, p, label)
+        for s in attacks
+        for cls in [registry.get("attack", s.name)]
+        for p, label in cls.grid(s.params)
+    ]
+    for cls, point, _ in defense_grid + attack_grid:
+        cls(**point)  # runs the plugin's own cross-parameter checks (validate())
+    return [Cell(d, dp, dl, a, ap, al) for d, dp, dl in defense_grid
+            for a, ap, al in attack_grid]
+
+
+def derive_seed(seed: int, key: str) -> int:
+    """A 63-bit seed for ``key`` (a cell's attack or defense seed key) in an audit."""
+    digest = hashlib.sha256(f"{seed}|{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1

@@ -1,0 +1,202 @@
+"""Run one cell: build (once) its defended model, seed, attack, check, measure.
+
+Each cell runs in isolation (pytest's CallInfo pattern): an exception becomes an
+``error`` cell, a :class:`NotApplicable` a ``not_applicable`` cell, and the audit goes
+on. Which cells run, in what order and where, is the executor's business
+(:mod:`gauntlet.executor`); a :class:`Runner` holds only what every cell shares.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gauntlet.contract import ContractError, check_outcome, what
+from gauntlet.errors import NotApplicable
+from gauntlet.model import Model
+from gauntlet.outcome import Outcome
+from gauntlet.plan import Cell, derive_seed
+from gauntlet.results import CellResult, metric_record, short_paths
+from gauntlet.rows import pack
+
+if TYPE_CHECKING:
+    from gauntlet.attack import Attack
+    from gauntlet.config import AuditConfig
+    from gauntlet.dataset import Dataset
+    from gauntlet.metric import Metric
+    from gauntlet.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+class CellTimeout(Exception):
+    """A cell ran past the audit's per-cell time limit."""
+
+
+class DefenseFailed(RuntimeError):
+    """A defended model could not be built; logged once, not once per cell."""
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed numpy's and torch's global generators (ART and randomised defenses draw from
+    them) and return a fresh Generator for the plugin."""
+    import torch
+
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise CellTimeout in the block after ``seconds`` (0: no limit).
+
+    A SIGALRM timer: it only works on the main thread of a POSIX process (elsewhere the
+    limit is not enforced, and a debug line says so), and it interrupts Python code
+    between bytecodes, so one long native call finishes before the cell stops.
+    """
+    if seconds <= 0:
+        yield
+        return
+    if not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        log.debug("per-cell timeout not enforced outside the main thread of a POSIX process")
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise CellTimeout(f"timed out after {seconds:g} s (the audit's per-cell limit)")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Runner:
+    """Runs cells against one model and evaluated dataset, building each defended model
+    once (per process).
+
+    :param model: the model under audit, as loaded.
+    :param dataset: the evaluated rows (already subsampled).
+    :param metrics: the Metric classes to measure every outcome with.
+    :param seed: the audit seed; each cell's seeds derive from it and the cell's points.
+    :param timeout: seconds one cell may run (0: no limit).
+
+    A worker of a parallel executor builds its own with :meth:`from_config` from the
+    audit's config (plain data); as seeds never depend on which cells ran before, its
+    cells give the numbers a serial run gives.
+    """
+
+    def __init__(self, model: Model, dataset: Dataset, metrics: Iterable[type[Metric]],
+                 seed: int, timeout: float = 0.0) -> None:
+        self.model = model
+        self.dataset = dataset
+        self.metrics = [m() for m in metrics]
+        self.seed = seed
+        self.timeout = timeout
+        self._defended: dict[str, Model | BaseException] = {}
+
+    @classmethod
+    def from_config(cls, cfg: AuditConfig, registry: Registry | None = None) -> Runner:
+        """Load the model and data a config names and build the runner, as a worker does."""
+        from gauntlet.loading import load_inputs
+        from gauntlet.registry import make_registry
+
+        registry = registry or make_registry()
+        inputs = load_inputs(registry, cfg)
+        return cls(inputs.model, inputs.evaluated, registry.metrics.values(), cfg.seed,
+                   cfg.timeout)
+
+    def defended(self, cell: Cell) -> Model:
+        """The model behind ``cell``'s defense, built on first use; a failed build is
+        remembered and re-raised for every cell that needs it."""
+        key = cell.defense_key
+        if key not in self._defended:
+            rng = seed_everything(derive_seed(self.seed, cell.defense_seed_key))
+            try:
+                built = cell.defense(**cell.defense_params).apply(
+                    self.model, self.dataset, rng)
+                if not isinstance(built, Model):
+                    raise ContractError(f"defense {cell.defense.name!r} returned "
+                                        f"{what(built)} from apply(), not a gauntlet.Model "
+                                        "(build it with model.deploy(...))")
+                self._defended[key] = built
+            except Exception as exc:  # noqa: BLE001 - recorded in every cell it affects
+                self._defended[key] = exc
+                where = f" ({cell.defense_point})" if cell.defense_point else ""
+                log.warning("defense %r%s failed to build; its cells are errors: %s: %s",
+                            cell.defense.name, where, type(exc).__name__, exc)
+        built = self._defended[key]
+        if isinstance(built, ContractError):
+            raise DefenseFailed(str(built)) from built
+        if isinstance(built, BaseException):
+            raise DefenseFailed(f"defense {cell.defense.name!r} failed to build: "
+                                f"{type(built).__name__}: {built}") from built
+        return built
+
+    def run_cell(self, cell: Cell) -> CellResult:
+        """Run one cell; whatever happens, return its record (never raise)."""
+        result = CellResult(
+            id=cell.id, defense=cell.defense.name, defense_params=cell.defense_params,
+            defense_point=cell.defense_point, attack=cell.attack.name,
+            family=cell.attack.family.value, attack_params=cell.attack_params,
+            attack_point=cell.attack_point,
+        )
+        start = time.perf_counter()
+        try:
+            with deadline(self.timeout):
+                model = self.defended(cell)
+                attack = cell.attack(**cell.attack_params)
+                attack.check(model)
+                # Seeded by the attack point alone: common random numbers across defenses.
+                rng = seed_everything(derive_seed(self.seed, cell.attack_seed_key))
+                outcome = attack.run(model, self.dataset, rng)
+                self._measure(attack, model, outcome, result, cell.label)
+        except NotApplicable as exc:
+            result.status, result.reason = "not_applicable", str(exc)
+        except Exception as exc:  # noqa: BLE001 - a crashing plugin never ends the audit
+            result.status = "error"
+            result.reason = f"{type(exc).__name__}: {exc}".strip()
+            result.traceback = short_paths("".join(
+                traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            if isinstance(exc, DefenseFailed):
+                log.debug("cell %s failed: %s", cell.label, result.reason)  # logged once
+            else:
+                log.warning("cell %s failed: %s", cell.label, result.reason)
+        result.duration_s = round(time.perf_counter() - start, 4)
+        return result
+
+    def _measure(self, attack: Attack, model: Model, outcome: Outcome, result: CellResult,
+                 label: str) -> None:
+        owner = f"attack {attack.name!r}"
+        expected = attack.outcome
+        if not isinstance(outcome, Outcome) or (
+                isinstance(expected, type) and expected is not object and
+                not isinstance(outcome, expected)):
+            declared = expected.__name__ if isinstance(expected, type) else "an Outcome"
+            raise ContractError(f"{owner} declares outcome {declared} but returned "
+                                f"{what(outcome)}")
+        check_outcome(owner, outcome, len(self.dataset.x_test), model.n_classes)
+        result.n = outcome.n
+        for metric in self.metrics:
+            if metric.applies(outcome):
+                # One failing metric loses its own number, not the cell's other numbers.
+                try:
+                    v = metric.evaluate(outcome)
+                    result.metrics[metric.name] = metric_record(v.value, v.n, v.low, v.high)
+                except Exception as exc:  # noqa: BLE001 - recorded in the cell, audit goes on
+                    why = f"{type(exc).__name__}: {exc}".strip()
+                    result.metric_errors[metric.name] = why
+                    log.warning("cell %s: metric %r failed: %s", label, metric.name, why)
+        result.artifacts = outcome.artifacts()
+        result.rows = pack(outcome.per_row())
