@@ -5,6 +5,9 @@ named after these specs. Register it under the ``gauntlet`` entry-point group::
 
     [project.entry-points.gauntlet]
     my_plugin = "my_package.my_module"
+
+``GAUNTLET_TRACE_PLUGINS=1`` prints every hook call (plugins reached, time, result type)
+on stderr.
 """
 from __future__ import annotations
 
@@ -36,8 +39,10 @@ def load_model(spec: str, options: Mapping[str, Any]) -> Model | None:
         e.g. ``arch`` (``package.module:factory``), ``input_shape``, ``n_classes``,
         and ``dataset`` (the loaded :class:`gauntlet.Dataset`, for loaders that train).
 
-    Stops at the first non-None result. Raise :class:`gauntlet.ModelLoadError` for a
-    file this plugin recognises but refuses (e.g. one that needs unpickling).
+    Stops at the first non-None result. The built-in loaders are ``trylast``, so every
+    third-party loader is asked before them, whatever its name. Raise
+    :class:`gauntlet.ModelLoadError` for a file this plugin recognises but refuses (e.g.
+    one that needs unpickling).
     """
 
 
@@ -64,8 +69,9 @@ def load_dataset(spec: str, options: Mapping[str, Any]) -> Dataset | None:
         ``idx:/usr/share/datasets/fashion-mnist``, ``npz:data.npz``.
     :param options: the ``[data]`` table of the audit config, less ``spec``.
 
-    Stops at the first non-None result. Raise :class:`gauntlet.DataError` for data this
-    plugin recognises but cannot read.
+    Stops at the first non-None result. The built-in loaders are ``trylast``, so every
+    third-party loader is asked before them. Raise :class:`gauntlet.DataError` for data
+    this plugin recognises but cannot read.
     """
 
 

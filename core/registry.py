@@ -1,16 +1,23 @@
 """Load plugins (built-in and third-party alike), isolate the broken, register classes.
 
-One function, :func:`load`, builds a :class:`Registry`: it loads every module in the
-``gauntlet`` entry-point group (built-ins are listed there too), records a module that
-fails to import or uses an unknown hook as broken, and calls each plugin's register
-hooks one plugin at a time so an error names its plugin.
+One function, :func:`make_registry`, builds a :class:`Registry`: it loads every module in
+the ``gauntlet`` entry-point group (built-ins are listed there too), records a module that
+fails to import or uses an unknown hook as broken, and calls each plugin's register hooks
+one plugin at a time so an error names its plugin. Every hook is called through the
+plugin manager, so ``GAUNTLET_TRACE_PLUGINS=1`` traces each call on stderr.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.metadata as md
+import inspect
 import logging
+import os
+import sys
+import time
 import traceback
+import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -26,6 +33,8 @@ from gauntlet.params import summary
 log = logging.getLogger(__name__)
 
 GROUP = "gauntlet"
+#: Set to 1 to trace every hook call on stderr (see :func:`trace_hookcalls`).
+TRACE_ENV = "GAUNTLET_TRACE_PLUGINS"
 _REGISTER_HOOKS = {"attack": "register_attacks", "defense": "register_defenses",
                    "metric": "register_metrics"}
 _BASES: dict[str, type] = {"attack": Attack, "defense": Defense, "metric": Metric}
@@ -75,7 +84,8 @@ class Entry:
         return "higher is better" if self.cls.higher_is_better else "lower is better"
 
     def describe(self) -> dict[str, Any]:
-        return {
+        """One row of ``gauntlet plugins --json`` (attacks and defenses list parameters)."""
+        row = {
             "kind": self.kind,
             "name": self.name,
             "group": self.group,
@@ -84,6 +94,29 @@ class Entry:
             "version": self.plugin.version,
             "description": self.cls.description(),
         }
+        if self.kind in ("attack", "defense"):
+            row["parameters"] = [p.describe() for p in self.cls.parameters().values()]
+        return row
+
+    def details(self) -> dict[str, Any]:
+        """Everything ``gauntlet describe`` shows of this class, as plain data."""
+        cls, out = self.cls, self.describe()
+        out.pop("group")
+        out["doc"] = inspect.getdoc(cls) or ""
+        out["class"] = f"{cls.__module__}.{cls.__qualname__}"
+        out["module"] = self.plugin.module
+        if self.kind == "attack":
+            out.update(family=cls.family.value, needs=cls.needs.name.lower(),
+                       needs_recipe=bool(cls.needs_recipe),
+                       outcome=getattr(cls.outcome, "__name__", str(cls.outcome)))
+        elif self.kind == "defense":
+            out.update(stage=cls.stage.value, adaptive=cls.adaptive, evaluation=cls.evaluation)
+        else:
+            out.update(title=cls.title, applies_to=[t.__name__ for t in cls.applies_to],
+                       higher_is_better=cls.higher_is_better,
+                       bounds=list(cls.bounds) if cls.bounds is not None else None,
+                       format=cls.format)
+        return out
 
 
 class Registry:
@@ -146,6 +179,41 @@ class Registry:
         close = [p for p in broken if norm(name) in (norm(p.name), norm(module(p)))]
         return close or broken
 
+    def details(self, name: str, kind: str | None = None) -> dict[str, Any]:
+        """What ``gauntlet describe NAME`` shows: the attack, defense, metric or plugin
+        called ``name`` (of ``kind``, if given), as plain data. ConfigError if none is, with
+        close names; or if two kinds share the name and ``kind`` does not say which."""
+        found = [table[name].details() for k, table in self.entries.items()
+                 if kind in (None, k) and name in table]
+        if kind in (None, "plugin"):
+            found += [self._plugin_details(p) for p in self.plugins if p.name == name]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            kinds = " and ".join(("an " if d["kind"][0] in "aeiou" else "a ") + d["kind"]
+                                 for d in found)
+            raise ConfigError(f"{name!r} names {kinds}; say which with --kind")
+        for k in _BASES:  # a class a broken plugin would have provided: say why it is gone
+            if kind in (None, k) and any((k, name) in p.provides for p in self.broken):
+                self.get(k, name)
+        known = {k: sorted(t) for k, t in self.entries.items() if kind in (None, k)}
+        if kind in (None, "plugin"):
+            known["plugin"] = sorted(p.name for p in self.plugins)
+        close = difflib.get_close_matches(name, [n for ns in known.values() for n in ns], 3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        listed = "; ".join(f"{k}s: {', '.join(ns) or 'none'}" for k, ns in known.items())
+        what = kind or "attack, defense, metric or plugin"
+        raise ConfigError(f"no {what} is called {name!r}{hint} (known {listed})")
+
+    def _plugin_details(self, info: PluginInfo) -> dict[str, Any]:
+        plugin = self.pm.get_plugin(info.name)  # None if it never loaded
+        return {"kind": "plugin", "name": info.name, "plugin": info.name,
+                "distribution": info.distribution, "version": info.version,
+                "description": summary(plugin) if plugin is not None else "",
+                "doc": (inspect.getdoc(plugin) or "") if plugin is not None else "",
+                "module": info.module, "hooks": info.hooks, "error": info.error,
+                "provides": [f"{k} {n}" for k, n in info.provides]}
+
     def check_conflicts(self) -> None:
         """Raise PluginError if two plugins registered one name."""
         if self.conflicts:
@@ -176,6 +244,7 @@ class Registry:
         info = PluginInfo(name, getattr(plugin, "__name__", type(plugin).__name__),
                           distribution, version)
         self.plugins.append(info)
+        plugin = _hashable(plugin)
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # noqa: BLE001 - isolate any plugin failure
@@ -190,18 +259,24 @@ class Registry:
         self._collect(plugin, info)
         return info
 
+    def _only(self, hook: str, plugin: object) -> Any:
+        """A caller of ``hook`` that reaches ``plugin``'s implementation alone (so an error
+        names its plugin), still through the plugin manager (so tracing sees it)."""
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        return self.pm.subset_hook_caller(hook, remove_plugins=others)
+
     def _collect(self, plugin: object, info: PluginInfo) -> None:
         staged: list[Entry] = []
         for kind, hook in _REGISTER_HOOKS.items():
-            impls = [i for i in getattr(self.pm.hook, hook).get_hookimpls() if i.plugin is plugin]
-            for impl in impls:
-                try:
-                    impl.function(register=self._register_into(kind, info, staged))
-                except Exception as exc:  # noqa: BLE001
-                    log.debug("plugin %s failed in %s", info.name, hook, exc_info=True)
-                    info.error = f"{hook} raised {type(exc).__name__}: {exc}"
-                    self.pm.unregister(plugin)
-                    return
+            if hook not in info.hooks:
+                continue
+            try:
+                self._only(hook, plugin)(register=self._register_into(kind, info, staged))
+            except Exception as exc:  # noqa: BLE001 - a broken plugin never stops the tool
+                log.debug("plugin %s failed in %s", info.name, hook, exc_info=True)
+                info.error = f"{hook} raised {type(exc).__name__}: {exc}"
+                self.pm.unregister(plugin)
+                return
         for entry in staged:
             table = self.entries[entry.kind]
             if entry.name in table:
@@ -229,6 +304,23 @@ class Registry:
 
         return register
 
+    def report_sections(self, result: Mapping[str, Any]) -> list[dict[str, str]]:
+        """Every plugin's extra report sections for ``result`` (plain results.json data),
+        in plugin order, each as ``{"title", "text"}`` strings. A plugin that raises or
+        returns something malformed loses only its own sections (logged as a warning)."""
+        sections: list[dict[str, str]] = []
+        for info in self.plugins:
+            plugin = self.pm.get_plugin(info.name)
+            if info.error or plugin is None or "report_sections" not in info.hooks:
+                continue
+            try:
+                got = self._only("report_sections", plugin)(result=result) or []
+                sections += [{"title": str(s["title"]), "text": str(s["text"])}
+                             for got_one in got for s in (got_one or [])]
+            except Exception:  # noqa: BLE001 - a report section never breaks the report
+                log.warning("report section of plugin %s failed", info.name, exc_info=True)
+        return sections
+
     def load_entrypoints(self, skip: Iterable[str] = ()) -> None:
         """Load every module of the ``gauntlet`` entry-point group, isolating failures."""
         seen: set[str] = set()
@@ -249,9 +341,60 @@ class Registry:
             self.add_plugin(module, ep.name, dist, version)
 
 
+def _hashable(plugin: object) -> object:
+    """``plugin``, or a module holding its attributes if it cannot be hashed (a
+    SimpleNamespace, a dataclass instance): pluggy's subset_hook_caller, which calls one
+    plugin's hook alone, keeps the other plugins in a set."""
+    try:
+        hash(plugin)
+        return plugin
+    except TypeError:
+        module = types.ModuleType(str(getattr(plugin, "__name__", type(plugin).__name__)))
+        module.__doc__ = getattr(plugin, "__doc__", None)
+        for attr in dir(plugin):
+            if not attr.startswith("__"):
+                setattr(module, attr, getattr(plugin, attr))
+        return module
+
+
 def _one_line(text: str | None) -> str:
     """A plugin's error as one line (the CLI prints errors one line each)."""
     return " ".join((text or "").split())
+
+
+def trace_hookcalls(pm: pluggy.PluginManager) -> Callable[[], None]:
+    """Write one line per hook call to stderr: the hook, the plugins it reached (in call
+    order), how long it took and what it returned. Returns the undo function.
+
+    For plugin authors: ``GAUNTLET_TRACE_PLUGINS=1 gauntlet audit ...`` shows whether a
+    loader was consulted, and in which order (datasette's ``DATASETTE_TRACE_PLUGINS``).
+    """
+    started: list[float] = []  # a stack: a hook implementation may call another hook
+
+    def before(hook: str, impls: Any, kwargs: Mapping[str, Any]) -> None:
+        started.append(time.perf_counter())
+
+    def after(outcome: Any, hook: str, impls: Any, kwargs: Mapping[str, Any]) -> None:
+        ms = (time.perf_counter() - started.pop()) * 1000
+        # pluggy calls implementations last-registered first (tryfirst/trylast aside).
+        plugins = ", ".join(i.plugin_name for i in reversed(impls))
+        if outcome.exception is not None:
+            got = f"raised {type(outcome.exception).__name__}"
+        else:
+            got = f"-> {type(outcome.get_result()).__name__}"
+        args = ", ".join(f"{k}={_brief(v)}" for k, v in kwargs.items())
+        print(f"gauntlet trace: {hook}({args}) [{plugins}] {ms:.1f} ms {got}",
+              file=sys.stderr, flush=True)
+
+    return pm.add_hookcall_monitoring(before, after)
+
+
+def _brief(value: Any) -> str:
+    """A hook argument for a trace line: a short value as itself, anything else by type
+    (a model file's bytes or a whole results dict would drown the trace)."""
+    if isinstance(value, (str, int, float, bool, os.PathLike)) and len(str(value)) <= 80:
+        return repr(str(value) if isinstance(value, os.PathLike) else value)
+    return type(value).__name__
 
 
 def make_registry(*, entrypoints: bool = True,
@@ -263,6 +406,8 @@ def make_registry(*, entrypoints: bool = True,
     """
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
+    if os.environ.get(TRACE_ENV, "").strip() not in ("", "0"):
+        trace_hookcalls(pm)
     registry = Registry(pm)
     if entrypoints:
         registry.load_entrypoints()

@@ -267,7 +267,7 @@ def _npz_inputs(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def load_dataset(spec: str, options: Mapping[str, Any]) -> Dataset | None:
     scheme, _, rest = spec.partition(":")
     if scheme == "sklearn":

@@ -22,7 +22,7 @@ format forced. The model's gradients are not available, so it is a SCORES-access
 ``logits`` or ``probabilities``; auto takes rows that are non-negative and sum to one as
 probabilities) and ``output_name`` (which graph output to read).
 
-Needs the ``onnx`` extra (``pip install 'gauntlet[onnx]'``: onnx + onnxruntime).
+Needs the ``onnx`` extra (``pip install "ml-gauntlet[onnx]"``: onnx + onnxruntime).
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ from gauntlet import (
 )
 
 READER = "gauntlet.plugins.onnx_models"
-EXTRA = "pip install 'gauntlet[onnx]'"
+EXTRA = 'pip install "ml-gauntlet[onnx]"'
 STANDARD_DOMAINS = {"": "ai.onnx", "ai.onnx": "ai.onnx", "ai.onnx.ml": "ai.onnx.ml"}
 #: Probabilities are floored here before their log is taken, so logits stay finite.
 PROBABILITY_FLOOR = 1e-12
@@ -248,7 +248,7 @@ def _value_info(v: Any) -> dict[str, Any]:
 
 
 # -- loading ---------------------------------------------------------------------------
-@hookimpl
+@hookimpl(trylast=True)
 def load_model(spec: str, options: Mapping[str, Any]) -> Model | None:
     path = Path(spec).expanduser()
     named_onnx = path.suffix.lower() == ".onnx"

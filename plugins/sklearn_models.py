@@ -14,7 +14,7 @@ is refused by its bytes (no unpickling), with how to re-save it with ``skops.io.
 
 The Model exposes scores (the log of ``predict_proba``) when the estimator has
 ``predict_proba``, labels otherwise; it has no gradients and no training recipe.
-Needs the ``sklearn`` extra (``pip install 'gauntlet[sklearn]'``: skops).
+Needs the ``sklearn`` extra (``pip install "ml-gauntlet[sklearn]"``: skops).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from gauntlet import (
 )
 
 READER = "gauntlet.plugins.sklearn_models"
-EXTRA = "pip install 'gauntlet[sklearn]'"
+EXTRA = 'pip install "ml-gauntlet[sklearn]"'
 RESAVE = ("re-save it with skops, skops.io.dump(model, 'model.skops'), and audit "
           "model.skops")
 #: Probabilities are floored here before their log is taken, so logits stay finite.
@@ -174,7 +174,11 @@ def scan_sklearn_pickle(path: Path | str, data: bytes) -> ScanReport | None:
 
 
 # -- loading ---------------------------------------------------------------------------
-@hookimpl(tryfirst=True)
+# trylast: a built-in fallback, so any third-party loader is asked first. Among built-in
+# fallbacks pluggy asks the earliest registered first (entry points load in name order:
+# onnx_models, sklearn_models, torch_models), so a pickled estimator gets the skops
+# advice here before the PyTorch loader sees it; tests/test_registry.py pins that order.
+@hookimpl(trylast=True)
 def load_model(spec: str, options: Mapping[str, Any]) -> Model | None:
     path = Path(spec).expanduser()
     suffix = path.suffix.lower()

@@ -109,7 +109,7 @@ def _builtin(kind: str, options: Mapping[str, Any]) -> Model:
                          "recipe": recipe.description})
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def load_model(spec: str, options: Mapping[str, Any]) -> Model | None:
     if spec in ("builtin:cnn", "builtin:mlp"):
         return _builtin(spec.split(":", 1)[1], options)
