@@ -2,7 +2,7 @@
 
 The public API. Plugins import only from here::
 
-    from gauntlet import hookimpl, Attack, Family, Access, EvasionOutcome
+    from gauntlet import hookimpl, EvasionAttack, Access, param
 """
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ from gauntlet.errors import (  # noqa: E402
     PluginError,
 )
 from gauntlet.evasion import EvasionAttack  # noqa: E402
+from gauntlet.extraction import ExtractionAttack  # noqa: E402
 from gauntlet.files import sha256_file  # noqa: E402
 from gauntlet.intake import Finding, ScanReport, read_model_file  # noqa: E402
+from gauntlet.membership import MembershipAttack  # noqa: E402
 from gauntlet.metric import Metric, MetricValue, proportion, wilson  # noqa: E402
 from gauntlet.model import Access, Model, Recipe  # noqa: E402
 from gauntlet.outcome import (  # noqa: E402
@@ -38,6 +40,8 @@ from gauntlet.outcome import (  # noqa: E402
     ProbeOutcome,
 )
 from gauntlet.params import Param, param  # noqa: E402
+from gauntlet.poisoning import PoisonedSet, PoisoningAttack  # noqa: E402
+from gauntlet.probe import ProbeAttack  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -50,7 +54,8 @@ def audit(*args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 __all__ = [
-    "AccessDenied", "EvasionAttack", "Param", "param",
+    "AccessDenied", "EvasionAttack", "ExtractionAttack", "MembershipAttack", "Param",
+    "PoisonedSet", "PoisoningAttack", "ProbeAttack", "param",
     "Access", "Attack", "CleanOutcome", "ConfigError", "DataError", "Dataset", "Defense",
     "EvasionOutcome", "ExtractionOutcome", "Family", "Finding", "GauntletError",
     "MembershipOutcome", "Metric", "MetricValue", "Model", "ModelLoadError", "NotApplicable",

@@ -58,7 +58,7 @@ class Predictions(Outcome):
         return np.asarray(self.proba.argmax(axis=1) == self.y_true)
 
     def per_row(self) -> dict[str, np.ndarray]:
-        return {"correct": self.correct}
+        return {"row": np.arange(self.n, dtype=np.int64), "correct": self.correct}
 
 
 @dataclasses.dataclass
@@ -105,14 +105,18 @@ class EvasionOutcome(Predictions):
 
 @dataclasses.dataclass
 class PoisoningOutcome(Predictions):
-    """The poisoned model's probabilities on the clean test set (``proba``).
+    """The poisoned model's probabilities on the clean test set (``proba``), beside a
+    reference model's. Built by :class:`gauntlet.PoisoningAttack`; every per-row array
+    has one entry per test row.
 
     :param proba_reference: the same architecture trained by the same recipe and seed on
         the unpoisoned training set, on the same test rows: the damage is the difference.
     :param n_poisoned: training rows the attacker changed or added.
     :param n_train: training rows in all.
-    :param proba_triggered: for backdoors, probabilities on triggered test inputs.
+    :param proba_triggered: for backdoors, the poisoned model's probabilities on the test
+        rows with the trigger applied (one per test row, same order).
     :param target: for targeted backdoors, the attacker's target class.
+    :param rows: the test rows' indices in the evaluated test set.
     """
 
     proba_reference: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
@@ -120,21 +124,53 @@ class PoisoningOutcome(Predictions):
     n_train: int = 0
     proba_triggered: np.ndarray | None = None
     target: int | None = None
+    rows: np.ndarray | None = None
+
+    @property
+    def correct_reference(self) -> np.ndarray:
+        """Per row: is the reference (unpoisoned) model right?"""
+        return np.asarray(self.proba_reference.argmax(axis=1) == self.y_true)
+
+    @property
+    def correct_poisoned(self) -> np.ndarray:
+        """Per row: is the poisoned model right on the clean input?"""
+        return self.correct
+
+    @property
+    def hit(self) -> np.ndarray | None:
+        """Per row, for targeted backdoors: does the trigger force the target class?"""
+        if self.proba_triggered is None or self.target is None:
+            return None
+        return np.asarray(self.proba_triggered.argmax(axis=1) == self.target)
+
+    def per_row(self) -> dict[str, np.ndarray]:
+        rows = self.rows if self.rows is not None else np.arange(self.n, dtype=np.int64)
+        out = {"row": rows, "correct_reference": self.correct_reference,
+               "correct_poisoned": self.correct_poisoned}
+        hit = self.hit
+        if hit is not None:
+            out["hit"] = hit
+        return out
 
 
 @dataclasses.dataclass
 class MembershipOutcome(Outcome):
-    """Membership scores (higher means "member") on held-out evaluation rows.
+    """Membership scores (higher means "member") on held-out evaluation rows. Built by
+    :class:`gauntlet.MembershipAttack`.
 
     :param scores_members: scores of training rows (true members).
     :param scores_nonmembers: scores of rows the model never saw.
     :param threshold: the decision threshold the attack chose on its calibration half
         (score >= threshold means "member").
+    :param rows_members: the members' indices in the training split, same order.
+    :param rows_nonmembers: the non-members' indices in the test split, same order.
     """
 
     scores_members: np.ndarray
     scores_nonmembers: np.ndarray
     threshold: float
+    rows_members: np.ndarray | None = None
+    rows_nonmembers: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -144,6 +180,16 @@ class MembershipOutcome(Outcome):
         y = np.r_[np.ones(len(self.scores_members)), np.zeros(len(self.scores_nonmembers))]
         s = np.r_[self.scores_members, self.scores_nonmembers].astype(np.float64)
         return y, s
+
+    def per_row(self) -> dict[str, np.ndarray]:
+        """Members first, then non-members: ``member``, ``score`` and, where known,
+        ``row`` (an index in the training split for members, the test split otherwise)."""
+        y, s = self.labels_and_scores()
+        out = {"member": y.astype(bool), "score": s}
+        if self.rows_members is not None and self.rows_nonmembers is not None:
+            out = {"row": np.r_[self.rows_members, self.rows_nonmembers].astype(np.int64),
+                   **out}
+        return out
 
     def artifacts(self) -> dict[str, Any]:
         from sklearn.metrics import roc_curve
@@ -160,7 +206,8 @@ class MembershipOutcome(Outcome):
 
 @dataclasses.dataclass
 class ProbeOutcome(Outcome):
-    """What the model answers on inputs that belong to no class.
+    """What the model answers on inputs that belong to no class. Built by
+    :class:`gauntlet.ProbeAttack`.
 
     :param proba: probabilities on the probe inputs, shape ``(N, C)``.
     """
@@ -174,25 +221,47 @@ class ProbeOutcome(Outcome):
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.proba.argmax(axis=1), minlength=self.proba.shape[1])
 
+    def per_row(self) -> dict[str, np.ndarray]:
+        """Per probe input: the class the model gave it and that class's probability."""
+        return {"predicted": self.proba.argmax(axis=1).astype(np.int64),
+                "confidence": self.proba.max(axis=1, initial=0.0).astype(np.float32)}
+
     def artifacts(self) -> dict[str, Any]:
         return {"histogram": {"counts": [int(c) for c in self.class_counts()]}}
 
 
 @dataclasses.dataclass
 class ExtractionOutcome(Outcome):
-    """A substitute model stolen through queries, compared with the victim.
+    """A substitute model stolen through queries, compared with the victim on the test
+    rows. Built by :class:`gauntlet.ExtractionAttack`.
 
     :param y_true: true labels of the test rows.
-    :param proba_victim: the victim's probabilities on the test rows.
+    :param proba_victim: the victim's probabilities on the test rows (as deployed).
     :param proba_substitute: the substitute's probabilities on the same rows.
-    :param queries: victim queries the theft spent.
+    :param queries: rows the theft sent to the victim, counted by the Model.
+    :param rows: the test rows' indices in the evaluated test set.
     """
 
     y_true: np.ndarray
     proba_victim: np.ndarray
     proba_substitute: np.ndarray
     queries: int
+    rows: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return int(len(self.y_true))
+
+    @property
+    def agree(self) -> np.ndarray:
+        """Per row: does the substitute predict the victim's class?"""
+        return np.asarray(self.proba_victim.argmax(axis=1) == self.proba_substitute.argmax(axis=1))
+
+    @property
+    def substitute_correct(self) -> np.ndarray:
+        """Per row: is the substitute right on the true label?"""
+        return np.asarray(self.proba_substitute.argmax(axis=1) == self.y_true)
+
+    def per_row(self) -> dict[str, np.ndarray]:
+        rows = self.rows if self.rows is not None else np.arange(self.n, dtype=np.int64)
+        return {"row": rows, "agree": self.agree, "substitute_correct": self.substitute_correct}
