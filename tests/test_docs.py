@@ -80,7 +80,8 @@ def test_every_hook_has_a_tested_example(doc_module):
 def test_doc_plugins_register_cleanly(registry):
     assert not [p for p in registry.broken if p.name == "doc"], registry.broken
     entries = registry.entries
-    assert entries["attack"]["signed-step"].plugin.name == "doc"
+    for name in ("signed-step", "class-swap", "loss-threshold", "label-copy", "blank"):
+        assert entries["attack"][name].plugin.name == "doc"
     assert {"median-smoothing", "rounded-scores"} <= set(entries["defense"])
     assert {"flip_rate", "queries_per_row"} <= set(entries["metric"])
 
@@ -121,13 +122,36 @@ def test_doc_plugins_audit_with_the_documented_metrics(registry, digits, digits_
     assert "Error cells" in html and "0 of 9" in html  # the doc's report section
 
 
-def test_doc_loaders_are_asked_before_the_built_ins(registry):
+def test_doc_loaders_and_every_family_audit(registry):
+    """The doc's data and model loaders are asked before the built-ins, and its attack of
+    each family runs on their (fast, re-trainable) model."""
+    attacks = {"signed-step": {}, "class-swap": {"fraction": 0.9}, "loss-threshold": {},
+               "label-copy": {}, "blank": {}}
     result = gauntlet.audit(model="zoo:logistic", data="stripes:300", samples=0, seed=0,
-                            attacks=["signed-step"], defenses=["none"], registry=registry)
+                            attacks=attacks, defenses=["none"], registry=registry)
     cells = {(c["attack"], c["attack_point"]): c for c in result.cells}
-    assert all(c["status"] == "ok" for c in cells.values())
-    assert cells[("clean", "")]["metrics"]["clean_accuracy"]["value"] > 0.9
-    assert cells[("clean", "")]["n"] == 100  # stripes:300 keeps a third for testing
+    assert [c for c in cells.values() if c["status"] != "ok"] == []
+    clean = cells[("clean", "")]
+    assert clean["n"] == 100  # stripes:300 keeps a third for testing
+    assert clean["metrics"]["clean_accuracy"]["value"] > 0.9
+    swap = cells[("class-swap", "")]["metrics"]
+    assert swap["accuracy_drop"]["value"] > 0.2  # most of class 0 now reads as 1
+    assert {"membership_auc", "membership_advantage"} <= set(cells[("loss-threshold", "")][
+        "metrics"])
+    assert cells[("label-copy", "")]["metrics"]["fidelity"]["value"] > 0.8
+    assert cells[("blank", "")]["n"] == 11
+    assert "top_class_share" in cells[("blank", "")]["metrics"]
+
+
+def test_trace_shows_the_doc_loader_asked_first(doc_module, monkeypatch, capsys):
+    monkeypatch.setenv("GAUNTLET_TRACE_PLUGINS", "1")
+    registry = make_registry(entrypoints=True, plugins={"doc": doc_module})
+    capsys.readouterr()
+    registry.pm.hook.load_dataset(spec="stripes:30", options={})
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "load_dataset(" in x]
+    assert line.startswith("gauntlet trace: load_dataset(spec='stripes:30', options=dict) "
+                           "[doc, ")
+    assert line.endswith("-> Dataset")
 
 
 def test_doc_scanner_refuses_what_it_should(registry):
