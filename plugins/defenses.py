@@ -1,13 +1,13 @@
 """Built-in defenses that wrap a trained model: input noise and output post-processing.
 
-Each defense returns a new :class:`gauntlet.Model` around a torch module that wraps the
-base module (shared, never copied or modified), and passes ``rebuild=`` so that
-``defended.with_module(new_base)`` puts the same defense around a re-trained base: a
-poisoning attack re-trains the base and still faces the defense as deployed.
+Each defense deploys the model it is given with :meth:`gauntlet.Model.deploy`: a
+pre-processing of the inputs, a post-processing of the logits, and the access the served
+model exposes. The deployment is data, so ``defended.with_module(new_base)`` puts the same
+defense around a re-trained base: a poisoning attack re-trains the base and still faces
+the defense as deployed.
 
-Output defenses that work on probabilities return ``log(p)``, because
-:meth:`Model.predict` applies a softmax to the module's output and ``softmax(log p) = p``
-for any ``p`` that sums to one.
+Output defenses that work on probabilities return ``log(p)``, because the Model applies a
+softmax to the logits and ``softmax(log p) = p`` for any ``p`` that sums to one.
 """
 from __future__ import annotations
 
@@ -17,43 +17,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from gauntlet import Access, Dataset, Defense, Model, Stage, hookimpl
+from gauntlet import Access, Dataset, Defense, Model, Stage, hookimpl, param
 
 #: Probabilities are floored here before renormalising, so log(p) stays finite.
 PROBABILITY_FLOOR = 1e-6
 
-
-def _derive(model: Model, module: nn.Module, *, access: Access,
-            wrap: Callable[[nn.Module], nn.Module]) -> Model:
-    """A Model around ``module`` with ``model``'s metadata, rebuildable on a new base.
-
-    ``rebuild`` first asks ``model`` to re-deploy itself on the new base (so defenses
-    stacked underneath this one are kept), then wraps the result with ``wrap``.
-    """
-
-    def rebuild(new_base: nn.Module) -> Model:
-        inner = model.with_module(new_base)
-        return _derive(inner, wrap(inner.module), access=access, wrap=wrap)
-
-    return Model(
-        module,
-        input_shape=model.input_shape,
-        n_classes=model.n_classes,
-        clip_values=model.clip_values,
-        access=access,
-        recipe=model.recipe,
-        name=model.name,
-        source=model.source,
-        rebuild=rebuild,
-        batch_size=model.batch_size,
-    )
+_SCORES_ONLY = (
+    "exposes scores only, so gradient attacks on it are not applicable: its gradients "
+    "would be masked and fake robustness. The noise baseline, membership, poisoning and "
+    "probe attacks run against the served scores, but none adapts to the defense (a "
+    "label-only membership attack, or a score- or decision-based evasion attack, would), "
+    "so its numbers are an upper bound on robustness."
+)
 
 
-def _wrapped(model: Model, wrap: Callable[[nn.Module], nn.Module], access: Access) -> Model:
-    return _derive(model, wrap(model.module), access=access, wrap=wrap)
-
-
-# -- torch modules ---------------------------------------------------------------------
+# -- transforms (registered as modules, so they follow the model) -----------------------
 
 
 class ClippedLogits(nn.Module):
@@ -65,43 +43,39 @@ class ClippedLogits(nn.Module):
     ``1 / (1 + (C - 1) exp(-2r))``.
     """
 
-    def __init__(self, base: nn.Module, r: float) -> None:
+    def __init__(self, r: float) -> None:
         super().__init__()
-        self.base = base
         self.r = float(r)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.base(x)
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
         z = z - z.max(dim=1, keepdim=True).values + self.r
         return z.clamp(-self.r, self.r)
 
 
-class InputNoise(nn.Module):
+class UniformInputNoise(nn.Module):
     """Uniform noise in ``[-r, r]`` added to every input, clipped to the valid range;
     a fresh draw at every call, from torch's global generator."""
 
-    def __init__(self, base: nn.Module, r: float, clip_values: tuple[float, float]) -> None:
+    def __init__(self, r: float, clip_values: tuple[float, float]) -> None:
         super().__init__()
-        self.base = base
         self.r = float(r)
         self.low, self.high = clip_values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         noise = (torch.rand_like(x) * 2.0 - 1.0) * self.r
-        return self.base((x + noise).clamp(self.low, self.high))
+        return (x + noise).clamp(self.low, self.high)
 
 
-class ScoreNoise(nn.Module):
+class NoisyScores(nn.Module):
     """Uniform noise in ``[-r, r]`` added to the probabilities, floored at
     :data:`PROBABILITY_FLOOR`, renormalised to sum to one; returns their log."""
 
-    def __init__(self, base: nn.Module, r: float) -> None:
+    def __init__(self, r: float) -> None:
         super().__init__()
-        self.base = base
         self.r = float(r)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = torch.softmax(self.base(x).double(), dim=1)
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(z.double(), dim=1)
         noise = (torch.rand(p.shape, dtype=p.dtype, device=p.device) * 2.0 - 1.0) * self.r
         q = (p + noise).clamp_min(PROBABILITY_FLOOR)
         q = q / q.sum(dim=1, keepdim=True)
@@ -119,10 +93,11 @@ class NoDefense(Defense):
 
     name = "none"
     stage = Stage.NONE
+    adaptive = True  # nothing to adapt to: attacks see the model as it is
     evaluation = "The undefended model; every attack runs against it as its access allows."
 
     def apply(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> Model:
-        return _derive(model, model.module, access=model.access, wrap=lambda base: base)
+        return model.deploy()  # a deployment of its own (own query count), same function
 
 
 class ConfidenceClip(Defense):
@@ -135,20 +110,15 @@ class ConfidenceClip(Defense):
 
     name = "confidence-clip"
     stage = Stage.OUTPUT
+    adaptive = False
+    evaluation = "The served model " + _SCORES_ONLY
     # r = 2 caps the top-one probability at 0.86 for ten classes; the digits CNN's median
     # top-one probability is above 0.9999, so the defense visibly changes its scores.
-    params = {"r": 2.0}
-    evaluation = (
-        "Clipped logits would mask gradients and fake robustness, so the served model "
-        "exposes scores only and gradient attacks on it are not run (not applicable); "
-        "here the noise baseline, membership, poisoning and probe attacks evaluate it "
-        "(score- and decision-based evasion attacks are still to come)."
-    )
+    r: float = param(2.0, "the top logit is set to r and all logits clipped to [-r, r]",
+                     gt=0)
 
     def apply(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> Model:
-        r = self.r
-        return _wrapped(model, lambda base: ClippedLogits(base, r),
-                        min(model.access, Access.SCORES))
+        return model.deploy(post=ClippedLogits(self.r), access=Access.SCORES)
 
 
 class InputNoiseDefense(Defense):
@@ -160,15 +130,21 @@ class InputNoiseDefense(Defense):
 
     name = "input-noise"
     stage = Stage.INPUT
-    params = {"r": 0.1}
+    # Adaptive: the noise is additive, so the gradient through it is the deployed model's
+    # own (no stand-in, nothing masked). One draw per gradient is EOT with one sample, the
+    # weakest adaptive attack on a random defense; the evaluation text says so.
+    adaptive = True
     evaluation = (
-        "Adaptive: gradients pass through the additive noise, so gradient attacks "
-        "differentiate through one noise draw per step (EOT with 1 sample)."
+        "Adaptive: gradients pass through the additive noise unchanged, so gradient "
+        "attacks differentiate the deployed model through one fresh noise draw per step "
+        "(EOT with 1 sample; averaging gradients over many draws would be a stronger "
+        "attack). Accuracy is measured on one fresh draw, as the model serves."
     )
+    r: float = param(0.1, "half-width of the uniform noise added to each input value",
+                     gt=0)
 
     def apply(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> Model:
-        r, clip = self.r, model.clip_values
-        return _wrapped(model, lambda base: InputNoise(base, r, clip), model.access)
+        return model.deploy(pre=UniformInputNoise(self.r, model.clip_values))
 
 
 class ConfidenceNoise(Defense):
@@ -180,18 +156,13 @@ class ConfidenceNoise(Defense):
 
     name = "confidence-noise"
     stage = Stage.OUTPUT
-    params = {"r": 0.1}
-    evaluation = (
-        "Noisy scores would mask gradients and fake robustness, so the served model "
-        "exposes scores only and gradient attacks on it are not run (not applicable); "
-        "here the noise baseline, membership, poisoning and probe attacks evaluate it "
-        "(score- and decision-based evasion attacks are still to come)."
-    )
+    adaptive = False
+    evaluation = "The served model draws fresh noise at every query and " + _SCORES_ONLY
+    r: float = param(0.1, "half-width of the uniform noise added to each probability",
+                     gt=0, le=1)
 
     def apply(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> Model:
-        r = self.r
-        return _wrapped(model, lambda base: ScoreNoise(base, r),
-                        min(model.access, Access.SCORES))
+        return model.deploy(post=NoisyScores(self.r), access=Access.SCORES)
 
 
 @hookimpl
