@@ -21,6 +21,8 @@ class Fidelity(Metric):
     title = "Extraction fidelity"
     applies_to = (ExtractionOutcome,)
     higher_is_better = False  # a faithful copy is the attacker's success
+    bounds = (0.0, 1.0)
+    format = "percent"
 
     def compute(self, outcome: ExtractionOutcome) -> MetricValue:  # type: ignore[override]
         agree = outcome.proba_victim.argmax(1) == outcome.proba_substitute.argmax(1)
@@ -38,6 +40,8 @@ class SubstituteAccuracy(Metric):
     title = "Substitute accuracy"
     applies_to = (ExtractionOutcome,)
     higher_is_better = False
+    bounds = (0.0, 1.0)
+    format = "percent"
 
     def compute(self, outcome: ExtractionOutcome) -> MetricValue:  # type: ignore[override]
         right = outcome.proba_substitute.argmax(1) == outcome.y_true

@@ -1,7 +1,10 @@
 """Built-in metrics: accuracy and the classic evasion table, poisoning damage, membership
 leakage, and what a model answers on garbage.
 
-Every metric states its direction for the defender. Proportions carry a Wilson interval
+Every metric states its direction for the defender and how the report prints it: a
+proportion declares ``bounds = (0.0, 1.0)`` and ``format = "percent"``; a difference of
+proportions lies in [-1, 1] and prints as a percentage too; anything else (bits of
+entropy) is a plain number. Proportions carry a Wilson interval
 (:func:`gauntlet.proportion`); other sampled numbers carry the interval named in their
 docstring; precision, recall and F1 carry none (no simple interval for a macro average).
 """
@@ -28,8 +31,8 @@ from gauntlet import (
 Z95 = 1.96
 
 
-def _accuracy(y_true: np.ndarray, proba: np.ndarray) -> MetricValue:
-    return proportion(int((proba.argmax(axis=1) == y_true).sum()), len(y_true))
+def _accuracy(outcome: Predictions) -> MetricValue:
+    return proportion(int(outcome.correct.sum()), outcome.n)
 
 
 def _mean_with_interval(values: np.ndarray, bounds: tuple[float, float]) -> MetricValue:
@@ -55,9 +58,11 @@ class CleanAccuracy(Metric):
     title = "Clean accuracy"
     applies_to = (CleanOutcome,)
     higher_is_better = True
+    bounds = (0.0, 1.0)
+    format = "percent"
 
     def compute(self, outcome: CleanOutcome) -> MetricValue:  # type: ignore[override]
-        return _accuracy(outcome.y_true, outcome.proba)
+        return _accuracy(outcome)
 
 
 class RobustAccuracy(Metric):
@@ -70,9 +75,11 @@ class RobustAccuracy(Metric):
     title = "Robust accuracy"
     applies_to = (EvasionOutcome,)
     higher_is_better = True
+    bounds = (0.0, 1.0)
+    format = "percent"
 
     def compute(self, outcome: EvasionOutcome) -> MetricValue:  # type: ignore[override]
-        return _accuracy(outcome.y_true, outcome.proba)
+        return _accuracy(outcome)
 
 
 class AttackSuccessRate(Metric):
@@ -86,11 +93,12 @@ class AttackSuccessRate(Metric):
     title = "Attack success rate"
     applies_to = (EvasionOutcome,)
     higher_is_better = False
+    bounds = (0.0, 1.0)
+    format = "percent"
 
     def compute(self, outcome: EvasionOutcome) -> MetricValue:  # type: ignore[override]
-        correct = outcome.proba_clean.argmax(axis=1) == outcome.y_true
-        flipped = outcome.proba[correct].argmax(axis=1) != outcome.y_true[correct]
-        return proportion(int(flipped.sum()), int(correct.sum()))
+        before, after = outcome.correct_before, outcome.correct_after
+        return proportion(int((before & ~after).sum()), int(before.sum()))
 
 
 def _macro(outcome: Predictions, index: int) -> MetricValue:
@@ -115,6 +123,8 @@ class Precision(Metric):
     title = "Precision"
     applies_to = (Predictions,)
     higher_is_better = True
+    bounds = (0.0, 1.0)
+    format = "percent"
 
     def compute(self, outcome: Predictions) -> MetricValue:  # type: ignore[override]
         return _macro(outcome, 0)
@@ -130,6 +140,8 @@ class Recall(Metric):
     title = "Recall"
     applies_to = (Predictions,)
     higher_is_better = True
+    bounds = (0.0, 1.0)
+    format = "percent"
 
     def compute(self, outcome: Predictions) -> MetricValue:  # type: ignore[override]
         return _macro(outcome, 1)
@@ -146,6 +158,8 @@ class F1(Metric):
     title = "F1"
     applies_to = (Predictions,)
     higher_is_better = True
+    bounds = (0.0, 1.0)
+    format = "percent"
 
     def compute(self, outcome: Predictions) -> MetricValue:  # type: ignore[override]
         return _macro(outcome, 2)
@@ -164,6 +178,8 @@ class Confidence(Metric):
     title = "Confidence"
     applies_to = (Predictions,)
     higher_is_better = False
+    bounds = (0.0, 1.0)
+    format = "percent"
 
     def compute(self, outcome: Predictions) -> MetricValue:  # type: ignore[override]
         return _mean_with_interval(outcome.proba.max(axis=1).astype(np.float64), (0.0, 1.0))
@@ -182,9 +198,11 @@ class PoisonedAccuracy(Metric):
     title = "Poisoned accuracy"
     applies_to = (PoisoningOutcome,)
     higher_is_better = True
+    bounds = (0.0, 1.0)
+    format = "percent"
 
     def compute(self, outcome: PoisoningOutcome) -> MetricValue:  # type: ignore[override]
-        return _accuracy(outcome.y_true, outcome.proba)
+        return _accuracy(outcome)
 
 
 class AccuracyDrop(Metric):
@@ -199,6 +217,7 @@ class AccuracyDrop(Metric):
     applies_to = (PoisoningOutcome,)
     higher_is_better = False
     bounds = (-1.0, 1.0)
+    format = "percent"
 
     def compute(self, outcome: PoisoningOutcome) -> MetricValue:  # type: ignore[override]
         y = outcome.y_true
@@ -228,6 +247,8 @@ class MembershipAccuracy(Metric):
     title = "Membership accuracy"
     applies_to = (MembershipOutcome,)
     higher_is_better = False
+    bounds = (0.0, 1.0)
+    format = "percent"
 
     def compute(self, outcome: MembershipOutcome) -> MetricValue:  # type: ignore[override]
         tp, n1, fp, n0 = _rates(outcome)
@@ -247,6 +268,7 @@ class MembershipAdvantage(Metric):
     applies_to = (MembershipOutcome,)
     higher_is_better = False
     bounds = (-1.0, 1.0)
+    format = "percent"
 
     def compute(self, outcome: MembershipOutcome) -> MetricValue:  # type: ignore[override]
         tp, n1, fp, n0 = _rates(outcome)
@@ -279,6 +301,8 @@ class MembershipAUC(Metric):
     title = "Membership AUC"
     applies_to = (MembershipOutcome,)
     higher_is_better = False
+    bounds = (0.0, 1.0)
+    format = "number"  # an AUC is read as 0.87, as in the ROC chart's legend
 
     def compute(self, outcome: MembershipOutcome) -> MetricValue:  # type: ignore[override]
         from sklearn.metrics import roc_auc_score
@@ -307,6 +331,8 @@ class TopClassShare(Metric):
     title = "Top class share"
     applies_to = (ProbeOutcome,)
     higher_is_better = False
+    bounds = (0.0, 1.0)
+    format = "percent"
 
     def compute(self, outcome: ProbeOutcome) -> MetricValue:  # type: ignore[override]
         return proportion(int(outcome.class_counts().max(initial=0)), outcome.n)
@@ -324,6 +350,7 @@ class PredictionEntropy(Metric):
     applies_to = (ProbeOutcome,)
     higher_is_better = True
     bounds = None
+    format = "number"
 
     def compute(self, outcome: ProbeOutcome) -> MetricValue:  # type: ignore[override]
         counts = outcome.class_counts()
@@ -343,6 +370,8 @@ class ProbeConfidence(Metric):
     title = "Probe confidence"
     applies_to = (ProbeOutcome,)
     higher_is_better = False
+    bounds = (0.0, 1.0)
+    format = "percent"
 
     def compute(self, outcome: ProbeOutcome) -> MetricValue:  # type: ignore[override]
         return _mean_with_interval(outcome.proba.max(axis=1).astype(np.float64), (0.0, 1.0))

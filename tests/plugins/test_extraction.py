@@ -4,31 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import plugin
 
 import gauntlet
-from gauntlet import Access, Attack, ExtractionOutcome, Family, hookimpl
+from gauntlet import ExtractionAttack, ExtractionOutcome
 from gauntlet.plugins.extraction import Fidelity, SubstituteAccuracy
 from gauntlet.registry import make_registry
 
 
-class QueryTheft(Attack):
-    """Trains a copy of the architecture on the victim's labels for the training inputs.
+class QueryTheft(ExtractionAttack):
+    """Trains a copy of the architecture on the victim's labels for the attacker's inputs.
 
     Test attack: the simplest label-only extraction (Tramer et al., 2016).
     """
 
     name = "query-theft"
-    family = Family.EXTRACTION
-    needs = Access.LABELS
     needs_recipe = True
-    outcome = ExtractionOutcome
 
-    def run(self, model, dataset, rng):
-        stolen = model.predict(dataset.x_train).argmax(1)
-        substitute = model.retrain(dataset.x_train, stolen, seed=1)
-        return ExtractionOutcome(y_true=dataset.y_test, proba_victim=model.predict(dataset.x_test),
-                                 proba_substitute=substitute.predict(dataset.x_test),
-                                 queries=len(dataset.x_train))
+    def steal(self, model, pool, budget, rng):
+        x = pool[:budget]
+        return model.require_recipe().train(x, model.labels(x), seed=1)
 
 
 def test_metrics_against_hand_counts():
@@ -44,10 +39,9 @@ def test_metrics_against_hand_counts():
 
 @pytest.mark.slow
 def test_extraction_family_runs_through_the_matrix(digits, digits_model):
-    ns = type("P", (), {})()
-    ns.register_attacks = hookimpl(lambda register: register(QueryTheft))
-    registry = make_registry(plugins={"theft": ns})
-    result = gauntlet.audit(model=digits_model, data=digits, attacks=["query-theft"],
+    registry = make_registry(plugins={"theft": plugin("theft", QueryTheft)})
+    result = gauntlet.audit(model=digits_model, data=digits,
+                            attacks={"query-theft": {"budget": len(digits.x_train)}},
                             defenses=["none", "confidence-noise"], samples=150, registry=registry)
     for defense in ("none", "confidence-noise"):
         fidelity = result.value("fidelity", "query-theft", defense)

@@ -7,7 +7,6 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from scipy.stats import entropy
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
 
@@ -19,8 +18,16 @@ from gauntlet import (
     ProbeOutcome,
     wilson,
 )
+from gauntlet.plugins import extraction
 from gauntlet.plugins import metrics as m
+from gauntlet.provenance import catalogue
 from gauntlet.registry import make_registry
+from gauntlet.reports.tables import format_interval, format_value, metric_meta
+
+#: Every built-in metric that is a proportion, printed as a percentage.
+PROPORTIONS = {"clean_accuracy", "robust_accuracy", "attack_success_rate", "precision",
+               "recall", "f1", "confidence", "poisoned_accuracy", "membership_accuracy",
+               "top_class_share", "probe_confidence", "fidelity", "substitute_accuracy"}
 
 
 def onehot(labels, n_classes: int = 3, top: float = 0.9) -> np.ndarray:
@@ -53,6 +60,16 @@ def test_registered_with_metadata():
         assert cls.title and cls.title[0].isupper() and "_" not in cls.title
         assert cls.bounds is None or cls.bounds[0] < cls.bounds[1]
     directions = {cls.name: cls.higher_is_better for cls in m.METRICS}
+    formats = {cls.name: (cls.format, cls.bounds)
+               for cls in (*m.METRICS, extraction.Fidelity, extraction.SubstituteAccuracy)}
+    assert {n for n, (f, b) in formats.items() if b == (0.0, 1.0) and f == "percent"} \
+        == PROPORTIONS
+    # Differences of two proportions: percentages that may be negative.
+    assert formats["accuracy_drop"] == formats["membership_advantage"] == ("percent",
+                                                                          (-1.0, 1.0))
+    # Bits, and an AUC (read as 0.87 beside its ROC curve): plain numbers.
+    assert formats["prediction_entropy"] == ("number", None)
+    assert formats["membership_auc"] == ("number", (0.0, 1.0))
     assert directions["robust_accuracy"] and not directions["attack_success_rate"]
     assert not directions["membership_auc"] and not directions["accuracy_drop"]
 
@@ -85,7 +102,8 @@ def test_attack_success_rate_counts_only_initially_correct_rows():
     y = np.array([0, 0, 1, 1, 2, 2])
     clean = np.array([0, 0, 1, 1, 0, 1])  # rows 4, 5 wrong before the attack
     adv = np.array([1, 0, 2, 1, 2, 2])  # flips rows 0 and 2; "fixes" rows 4 and 5
-    outcome = EvasionOutcome(y, onehot(adv), proba_clean=onehot(clean), linf=0.1)
+    outcome = EvasionOutcome(y, onehot(adv), proba_clean=onehot(clean), rows=np.arange(6),
+                             linf=np.full(6, 0.1, np.float32))
     asr = m.AttackSuccessRate().evaluate(outcome)
     robust = m.RobustAccuracy().evaluate(outcome)
     assert (asr.value, asr.n) == (0.5, 4)  # 2 of the 4 initially correct rows flipped
@@ -139,18 +157,20 @@ def test_confidence_is_mean_top_one_probability():
 
 
 def fgsm(model, x: np.ndarray, y: np.ndarray, eps: float) -> np.ndarray:
-    """One signed-gradient step, by hand."""
-    xt = torch.as_tensor(x).requires_grad_(True)
-    torch.nn.functional.cross_entropy(model.module(xt), torch.as_tensor(y)).backward()
-    return (xt + eps * xt.grad.sign()).clamp(0, 1).detach().numpy()
+    """One signed-gradient step, by hand (the sign of a mean's gradient is the sign of
+    each row's own)."""
+    return np.clip(x + eps * np.sign(model.loss_gradient(x, y)), 0, 1).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def digits_outcomes(digits, digits_model):
     x, y = digits.x_test, digits.y_test
     clean = digits_model.predict(x)
-    adv = digits_model.predict(fgsm(digits_model, x, y, 0.1))
-    return CleanOutcome(y, clean), EvasionOutcome(y, adv, proba_clean=clean, linf=0.1)
+    x_adv = fgsm(digits_model, x, y, 0.1)
+    adv = digits_model.predict(x_adv)
+    linf = np.abs(x_adv - x).reshape(len(x), -1).max(axis=1)
+    return CleanOutcome(y, clean), EvasionOutcome(y, adv, proba_clean=clean,
+                                                  rows=np.arange(len(y)), linf=linf)
 
 
 def test_digits_metrics_match_sklearn(digits_outcomes):
@@ -282,3 +302,50 @@ def test_prediction_entropy_extremes():
     spread = ProbeOutcome(onehot([0, 1, 2, 3] * 2, n_classes=4))
     assert value(m.PredictionEntropy, spread) == pytest.approx(2.0)
     assert value(m.TopClassShare, spread) == pytest.approx(0.25)
+
+
+# -- how the report prints each metric -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def recorded() -> dict:
+    """The metrics as results.json records them (the catalogue the audit writes)."""
+    registry = make_registry(entrypoints=False, plugins={"metrics": m, "extraction": extraction})
+    return {"metrics": catalogue(registry)["metrics"]}
+
+
+def test_report_prints_each_metric_in_its_format(recorded):
+    def shown(name: str, value: float) -> str:
+        return format_value(value, metric_meta(recorded, name))
+
+    assert shown("clean_accuracy", 0.88) == "88.0%"
+    assert shown("fidelity", 0.9) == "90.0%"
+    assert shown("accuracy_drop", -0.05) == "-5.0%"
+    assert shown("prediction_entropy", 2.0) == "2"
+    assert shown("prediction_entropy", 3.3219) == "3.32"
+    assert shown("membership_auc", 0.8734) == "0.873"
+    for name in recorded["metrics"]:
+        meta = metric_meta(recorded, name)
+        text = format_value(0.5, meta)
+        assert text.endswith("%") == (name in PROPORTIONS | {"accuracy_drop",
+                                                             "membership_advantage"}), name
+    entropy_meta = metric_meta(recorded, "prediction_entropy")
+    assert "%" not in format_interval(1.5, 2.5, entropy_meta)
+    assert format_value(float("nan"), entropy_meta) == format_value(None, entropy_meta) == "—"
+
+
+def test_report_reads_results_written_before_metrics_declared_a_format():
+    """Old results.json files have no "format": a proportion is known by bounds [0, 1]."""
+    old = {"metrics": {"acc": {"title": "Accuracy", "bounds": [0, 1]},
+                       "bits": {"title": "Entropy", "bounds": None},
+                       "drop": {"title": "Drop", "bounds": [-1, 1]}}}
+    assert format_value(0.88, metric_meta(old, "acc")) == "88.0%"
+    assert format_value(2.0, metric_meta(old, "bits")) == "2"
+    assert format_value(-0.05, metric_meta(old, "drop")) == "-0.05"
+    # A declared format wins over the bounds; an unknown one prints as a number.
+    declared = {"metrics": {"auc": {"bounds": [0, 1], "format": "number"},
+                            "odd": {"bounds": [0, 1], "format": "per-mille"},
+                            "big": {"bounds": None, "format": "number"}}}
+    assert format_value(0.873, metric_meta(declared, "auc")) == "0.873"
+    assert format_value(0.5, metric_meta(declared, "odd")) == "0.5"
+    assert format_value(12345.6, metric_meta(declared, "big")) == "12,346"
