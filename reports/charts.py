@@ -23,6 +23,7 @@ from gauntlet.reports.tables import (
     cell_index,
     defense_keys,
     label,
+    metric_meta,
     metric_value,
 )
 
@@ -168,7 +169,8 @@ def robustness_charts(result: Mapping[str, Any]) -> list[Chart]:
                                     linewidth=0)
             ax.set_xlim(left=0)
             ax.set_ylim(0, 1.02)
-            _percent_axis(ax)
+            if metric_meta(result, ROBUST_METRIC).percent:
+                _percent_axis(ax)
             ax.set_xlabel("perturbation budget eps (0 = clean)")
             ax.set_ylabel("robust accuracy")
             ax.set_title(_text(f"{attack}: robust accuracy vs eps"), loc="left")

@@ -40,11 +40,12 @@ class MetricMeta:
     description: str
     higher_is_better: bool | None
     bounds: tuple[float, float] | None
+    format: str = "number"  # "percent" or "number" (gauntlet.Metric.format)
 
     @property
     def percent(self) -> bool:
-        """Proportions (bounds [0, 1]) read best as percentages."""
-        return self.bounds == (0.0, 1.0)
+        """Whether values print as percentages: only where the metric says so."""
+        return self.format == "percent"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,15 +81,26 @@ def label(name: str, point: str) -> str:
 
 
 def metric_meta(result: Mapping[str, Any], name: str) -> MetricMeta:
+    """The metric's metadata from ``result["metrics"]``.
+
+    A result written before metrics declared a ``format`` has none: there a proportion
+    is recognised by its bounds [0, 1], as the report did then, so old results.json files
+    render as they did.
+    """
     meta = result.get("metrics", {}).get(name) or {}
-    bounds = meta.get("bounds")
+    raw = meta.get("bounds")
+    bounds = (float(raw[0]), float(raw[1])) if raw and len(raw) == 2 else None
     hib = meta.get("higher_is_better")
+    fmt = meta.get("format")
+    if fmt not in ("percent", "number"):
+        fmt = "percent" if fmt is None and bounds == (0.0, 1.0) else "number"
     return MetricMeta(
         name=name,
         title=str(meta.get("title") or name),
         description=str(meta.get("description") or ""),
         higher_is_better=None if hib is None else bool(hib),
-        bounds=(float(bounds[0]), float(bounds[1])) if bounds and len(bounds) == 2 else None,
+        bounds=bounds,
+        format=fmt,
     )
 
 
@@ -254,11 +266,15 @@ def colour(bad: float | None) -> str:
 
 
 def format_value(value: float | None, meta: MetricMeta) -> str:
-    """Percentages for proportions, three significant digits otherwise."""
+    """A value as the metric's ``format`` says: ``"percent"`` prints 0.88 as ``88.0%``;
+    ``"number"`` prints three significant digits (``0.873``, ``2.5``), and whole digits
+    from 1,000 up (``12,345``) rather than an exponent. "—" for a missing value."""
     if value is None or not math.isfinite(value):
         return "—"
     if meta.percent:
         return f"{value * 100:.1f}%"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
     return f"{value:.3g}"
 
 
