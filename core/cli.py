@@ -1,4 +1,4 @@
-"""The ``gauntlet`` command: ``audit``, ``plugins``, ``scan`` and ``report``.
+"""The ``gauntlet`` command: ``audit``, ``plugins``, ``describe``, ``scan`` and ``report``.
 
 Exit codes: 0 done (``scan``: safe to load); 1 ``audit --fail-on-error`` found an error
 cell, a failed metric or a broken plugin (``scan``: the file is refused); 2 bad input (a
@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plugins", parents=[verbose],
                         help="list installed plugins and what each provides")
     pl.add_argument("--json", action="store_true", help="print a JSON list")
+
+    d = sub.add_parser("describe", parents=[verbose],
+                       help="describe one attack, defense, metric or plugin: what it does, "
+                       "where it comes from, its parameters and the access it needs")
+    d.add_argument("name", help="e.g. fgsm, input-noise, robust_accuracy, torch_models")
+    d.add_argument("--kind", choices=("attack", "defense", "metric", "plugin"),
+                   help="which kind, where one name is taken by two")
+    d.add_argument("--json", action="store_true", help="print it as JSON")
 
     sc = sub.add_parser("scan", parents=[verbose],
                         help="say what a model file is and would do, without "
@@ -128,6 +137,71 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for line in [header, *table]:
         print(" ".join(f"{str(v):<{w}}" for v, w in zip(line, widths)) + f" {line[4]}")
     return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from gauntlet.registry import make_registry
+
+    info = make_registry().details(args.name, args.kind)
+    print(json.dumps(info, indent=2) if args.json else format_description(info))
+    return 0
+
+
+_ACCESS = {"labels": "labels only (a black box answering with its predicted class)",
+           "scores": "scores (the probability vector)",
+           "gradients": "gradients (a white box)"}
+
+
+def format_description(info: dict[str, Any]) -> str:
+    """``gauntlet describe``'s output for a terminal, from Registry.details()."""
+    kind = info["kind"]
+    where = {"attack": f"attack, family {info.get('family')}",
+             "defense": f"defense, stage {info.get('stage')}",
+             "metric": "metric, " + ("higher" if info.get("higher_is_better") else "lower")
+             + " is better", "plugin": "plugin"}[kind]
+    lines = [f"{info['name']} ({where})", ""]
+    lines += [info["doc"] or info["description"] or "(no docstring)", ""]
+    dist = f"{info['distribution']} {info['version']}".strip()
+    facts = [("source", f"plugin {info['plugin']!r} from {dist}, module {info['module']}")]
+    if kind == "attack":
+        needs = _ACCESS.get(info["needs"], info["needs"])
+        facts.append(("needs", needs))
+        if info["needs_recipe"]:
+            facts.append(("recipe", "needs a training recipe (it re-trains the model)"))
+        facts.append(("outcome", info["outcome"]))
+    elif kind == "defense":
+        facts += [("adaptive", "yes: attacks account for this defense" if info["adaptive"]
+                   else "no: its robustness numbers are an upper bound"),
+                  ("evaluation", info["evaluation"] or "(not stated)")]
+    elif kind == "metric":
+        bounds = info["bounds"]
+        facts += [("title", info["title"]), ("applies to", ", ".join(info["applies_to"])),
+                  ("bounds", f"[{bounds[0]:g}, {bounds[1]:g}]" if bounds else "unbounded"),
+                  ("format", info["format"])]
+    else:
+        facts += [("hooks", ", ".join(info["hooks"]) or "none"),
+                  ("provides", ", ".join(info["provides"]) or "nothing to register")]
+        if info["error"]:
+            facts.append(("BROKEN", info["error"]))
+    if kind != "plugin":
+        facts.append(("class", info["class"]))
+    lines += [textwrap.fill(str(text), 88, initial_indent=f"{label + ':':<12}",
+                            subsequent_indent=" " * 12) for label, text in facts]
+    if "parameters" in info:
+        lines += ["", "parameters:" if info["parameters"] else "parameters: none"]
+        rows = [(p["name"], p["type"], _default_text(p), p["bounds"] or "-", p["help"])
+                for p in info["parameters"]]
+        header = ("NAME", "TYPE", "DEFAULT", "BOUNDS", "HELP")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+        lines += ["  " + " ".join(f"{v:<{w}}" for v, w in zip(r, widths)) + f" {r[4]}"
+                  for r in ([header, *rows] if rows else [])]
+    return "\n".join(lines)
+
+
+def _default_text(p: dict[str, Any]) -> str:
+    if p["sweep"]:
+        return "sweep " + ", ".join(str(v) for v in p["default"])
+    return str(p["default"])
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
@@ -205,8 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handler = {"audit": cmd_audit, "plugins": cmd_plugins, "report": cmd_report,
-               "scan": cmd_scan}
+    handler = {"audit": cmd_audit, "plugins": cmd_plugins, "describe": cmd_describe,
+               "report": cmd_report, "scan": cmd_scan}
     try:
         return handler[args.command](args)
     except GauntletError as exc:

@@ -1,4 +1,5 @@
-"""The CLI as a user runs it: exit codes and messages for bad input, plugin listing."""
+"""The CLI as a user runs it: exit codes and messages for bad input, plugin listing and
+description."""
 from __future__ import annotations
 
 import contextlib
@@ -99,7 +100,7 @@ def test_data_that_does_not_fit_the_model(tmp_path, digits_model):
     import torch
 
     path = tmp_path / "digits_cnn.pt"
-    torch.jit.trace(digits_model.module, torch.zeros(1, 1, 8, 8)).save(str(path))
+    torch.jit.trace(digits_model._base, torch.zeros(1, 1, 8, 8)).save(str(path))
     assert_bad_input(gauntlet("audit", "--model", str(path), "--data", "sklearn:wine",
                               "--out", str(tmp_path / "o")), "does not fit", "sklearn:wine")
 
@@ -108,7 +109,7 @@ def test_model_file_that_needs_unpickling_is_refused(tmp_path, digits_model):
     import torch
 
     path = tmp_path / "pickled.pt"
-    torch.save(digits_model.module, path)  # a whole pickled module, not weights
+    torch.save(digits_model._base, path)  # a whole pickled module, not weights
     proc = gauntlet("audit", "--model", str(path), "--out", str(tmp_path / "o"))
     assert_bad_input(proc, "unpickl")
 
@@ -132,7 +133,14 @@ def test_plugins_lists_builtins_as_json():
                      ("defense", "confidence-noise"), ("metric", "robust_accuracy")]:
         assert expected in names
     assert not [r for r in rows if r["kind"] == "broken"]
-    assert {r["distribution"] for r in rows} == {"gauntlet"}
+    assert {r["distribution"] for r in rows} == {"ml-gauntlet"}
+    # attacks and defenses list their declared parameters
+    by_name = {(r["kind"], r["name"]): r for r in rows}
+    eps = next(p for p in by_name["attack", "fgsm"]["parameters"] if p["name"] == "eps")
+    assert eps["type"] == "float" and eps["sweep"] and eps["bounds"] == ">= 0" and eps["help"]
+    assert [p["name"] for p in by_name["attack", "trash-bucket"]["parameters"]] == ["probes"]
+    assert by_name["defense", "none"]["parameters"] == []
+    assert "parameters" not in by_name["metric", "robust_accuracy"]
 
 
 def test_plugins_table_has_one_line_per_plugin():
@@ -140,7 +148,8 @@ def test_plugins_table_has_one_line_per_plugin():
     assert proc.returncode == 0
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:2] == ["KIND", "NAME"]
-    assert any(ln.split()[:2] == ["attack", "fgsm"] and "gauntlet" in ln for ln in lines)
+    assert any(ln.split()[:2] == ["attack", "fgsm"] and "ml-gauntlet 0.1.0" in ln
+               for ln in lines)
 
 
 def test_report_rerenders_from_results_json(tmp_path):
@@ -227,8 +236,11 @@ def test_loader_plugins_are_listed_with_their_hooks():
 
 
 @pytest.mark.parametrize("table, message", [
-    ("[attacks.fgsm]\neps = [0.1, -0.2]\n", "eps must be >= 0"),
-    ("[attacks.label-flip]\nfraction = 1.5\n", "fraction must be in [0, 1]"),
+    ("[attacks.fgsm]\neps = [0.1, -0.2]\n", "attack 'fgsm': parameter 'eps' must be >= 0, "
+                                           "got -0.2"),
+    ("[attacks.label-flip]\nfraction = 1.5\n", "parameter 'fraction' must be <= 1, got 1.5"),
+    ("[attacks.trash-bucket]\nprobes = 0\n", "parameter 'probes' must be >= 1, got 0"),
+    ("[defenses.input-noise]\nr = 0\n", "defense 'input-noise': parameter 'r' must be > 0"),
 ])
 def test_out_of_range_value_is_bad_input_before_the_audit_starts(tmp_path, table, message):
     cfg = write(tmp_path / "a.toml", table)
@@ -255,6 +267,70 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path, digits):
     assert data["provenance"]["data"]["n_train"] == 300
     assert data["provenance"]["data"]["sha256"]  # the file's hash is in the provenance
     assert {c["attack"] for c in data["cells"]} == {"clean", "noise"}
+
+
+# -- gauntlet describe ---------------------------------------------------------------------
+def test_describe_an_attack_shows_source_parameters_and_access():
+    proc = gauntlet("describe", "fgsm")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    lines = out.splitlines()
+    assert lines[0] == "fgsm (attack, family evasion)"
+    assert "Fast Gradient Sign Method" in lines[2]
+    assert "Goodfellow" in out  # the whole docstring, the paper included
+    assert "source:     plugin 'evasion' from ml-gauntlet 0.1.0, module " \
+           "gauntlet.plugins.evasion" in lines
+    assert "needs:      gradients (a white box)" in lines
+    assert "outcome:    EvasionOutcome" in lines
+    rows = {ln.split()[0]: ln.split() for ln in lines[lines.index("parameters:") + 2:]}
+    assert set(rows) >= {"rows", "batch_size", "eps"}
+    assert rows["eps"][:4] == ["eps", "float", "sweep", "0.05,"] and ">=" in rows["eps"]
+    assert rows["rows"][1:5] == ["int", "0", ">=", "0"]
+
+
+def test_describe_an_attack_that_retrains_says_it_needs_a_recipe():
+    out = gauntlet("describe", "label-flip").stdout
+    assert "needs a training recipe" in out and "outcome:    PoisoningOutcome" in out
+    assert "needs a training recipe" not in gauntlet("describe", "noise").stdout
+
+
+def test_describe_a_defense_shows_stage_adaptive_and_evaluation():
+    proc = gauntlet("describe", "input-noise", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["kind"] == "defense" and info["stage"] == "input"
+    assert info["adaptive"] is True and "gradients" in info["evaluation"]
+    assert info["distribution"] == "ml-gauntlet" and info["plugin"] == "defenses"
+    assert [p["name"] for p in info["parameters"]] == ["r"]
+    assert info["parameters"][0]["bounds"] == "> 0"
+    text = gauntlet("describe", "input-noise").stdout
+    assert "(defense, stage input)" in text and "adaptive:   yes" in text
+    assert "evaluation:" in text
+
+
+def test_describe_a_metric_shows_direction_bounds_and_format():
+    info = json.loads(gauntlet("describe", "robust_accuracy", "--json").stdout)
+    assert info["applies_to"] == ["EvasionOutcome"] and info["higher_is_better"] is True
+    assert info["bounds"] == [0.0, 1.0] and info["format"] == "percent"
+    assert "parameters" not in info
+    text = gauntlet("describe", "attack_success_rate").stdout
+    assert text.startswith("attack_success_rate (metric, lower is better)")
+    assert "format:     percent" in text and "bounds:     [0, 1]" in text
+
+
+def test_describe_a_loader_plugin_shows_its_hooks():
+    info = json.loads(gauntlet("describe", "torch_models", "--json").stdout)
+    assert info["kind"] == "plugin" and info["hooks"] == ["load_model"]
+    assert "weights_only" in info["doc"]
+
+
+def test_describe_unknown_name_exits_2_with_suggestions_and_the_known_names():
+    proc = gauntlet("describe", "fgms")
+    assert_bad_input(proc, "no attack, defense, metric or plugin is called 'fgms'",
+                     "did you mean fgsm?", "known attacks: fgsm", "metrics: ", "plugins: ")
+    assert proc.stdout == ""
+    assert_bad_input(gauntlet("describe", "fgsm", "--kind", "defense"),
+                     "no defense is called 'fgsm'", "known defenses: ")
 
 
 @pytest.mark.parametrize("argv", [["audit", "-v"], ["-v", "audit"], ["audit", "--verbose"],
