@@ -1,6 +1,7 @@
-"""Label-flip poisoning on the real digits data, re-training the built-in CNN."""
+"""The poisoning base and label-flip on the real digits data, re-training the built-in CNN."""
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -15,21 +16,38 @@ from gauntlet import (
     Family,
     Model,
     NotApplicable,
+    PoisonedSet,
+    PoisoningAttack,
     PoisoningOutcome,
     Recipe,
+    param,
     train_classifier,
 )
 from gauntlet.plugins import poisoning
+from gauntlet.plugins.metrics import AccuracyDrop, PoisonedAccuracy
 from gauntlet.plugins.poisoning import LabelFlip, flip_labels
 from gauntlet.plugins.torch_models import build_cnn
+from gauntlet.poisoning import PoisonedSetError
 from gauntlet.registry import make_registry
 
 EPOCHS = 3  # enough for ~93% clean accuracy; keeps each re-train well under a second
 
 
+#: Weights of every training already run in this session, by training set and seed: the
+#: same training in another test loads them instead of training again (training is
+#: deterministic, so the weights are the same either way).
+_TRAINED: dict[str, dict[str, torch.Tensor]] = {}
+
+
+def _key(x: np.ndarray, y: np.ndarray, seed: int) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(x).tobytes())
+    h.update(np.ascontiguousarray(y).tobytes())
+    return f"{h.hexdigest()}-{seed}"
+
+
 class RecordingRecipe(Recipe):
-    """The built-in CNN recipe, shortened, that records each training it really runs
-    (cache hits run none)."""
+    """The built-in CNN recipe, shortened, that records each training the recipe asks
+    for (its own cache hits ask for none)."""
 
     def __init__(self, shape: tuple[int, ...], n_classes: int) -> None:
         self.fits: list[tuple[np.ndarray, np.ndarray, int]] = []
@@ -40,7 +58,12 @@ class RecordingRecipe(Recipe):
 
         def fit(module: torch.nn.Module, x: np.ndarray, y: np.ndarray, seed: int) -> None:
             self.fits.append((x.copy(), y.copy(), seed))
+            key = _key(x, y, seed)
+            if key in _TRAINED:
+                module.load_state_dict(_TRAINED[key])
+                return
             train_classifier(module, x, y, seed, epochs=EPOCHS)
+            _TRAINED[key] = {k: v.clone() for k, v in module.state_dict().items()}
 
         super().__init__(build, fit, f"cnn trained {EPOCHS} epochs")
 
@@ -62,6 +85,31 @@ def accuracy(proba: np.ndarray, y: np.ndarray) -> float:
     return float(accuracy_score(y, proba.argmax(axis=1)))
 
 
+class CornerBackdoor(PoisoningAttack):
+    """Test backdoor: a bright bottom-right corner pixel makes the model answer ``target``.
+
+    Gu et al., 2017, "BadNets" (a one-pixel trigger, the simplest of its kind).
+    """
+
+    name = "corner-backdoor"
+    fraction: float = param(0.2, "share of training rows stamped and relabelled", ge=0, le=1)
+    target: int = param(0, "the class the trigger forces", ge=0)
+
+    @staticmethod
+    def stamp(x: np.ndarray) -> np.ndarray:
+        x = x.copy()
+        x[..., -2:, -2:] = 1.0
+        return x
+
+    def poison(self, dataset: Dataset, rng: np.random.Generator) -> PoisonedSet:
+        chosen = rng.choice(len(dataset.x_train), round(self.fraction * len(dataset.x_train)),
+                            replace=False)
+        x, y = dataset.x_train.copy(), dataset.y_train.copy()
+        x[chosen], y[chosen] = self.stamp(x[chosen]), self.target
+        return PoisonedSet(x, y, n_poisoned=len(chosen),
+                           x_triggered=self.stamp(dataset.x_test), target=self.target)
+
+
 def test_registers_with_its_metadata() -> None:
     registry = make_registry(entrypoints=False, plugins={"poisoning": poisoning})
     assert registry.broken == []
@@ -71,7 +119,9 @@ def test_registers_with_its_metadata() -> None:
     assert cls.needs is Access.LABELS
     assert cls.needs_recipe is True
     assert cls.outcome is PoisoningOutcome
-    assert [p["fraction"] for p, _ in cls.grid()] == [0.1, 0.3, 0.5]
+    assert set(cls.parameters()) == {"fraction", "train_seed"}
+    assert [(p["fraction"], label) for p, label in cls.grid()] == [
+        (0.1, "fraction=0.1"), (0.3, "fraction=0.3"), (0.5, "fraction=0.5")]
 
 
 def test_half_flipped_trains_a_worse_model(model: Model, digits: Dataset, rng) -> None:
@@ -94,6 +144,29 @@ def test_half_flipped_trains_a_worse_model(model: Model, digits: Dataset, rng) -
                        accuracy(outcome.proba, digits.y_test))
     assert clean > 0.85
     assert poisoned < clean - 0.03
+
+    # Per-row results: one entry per test row, and the metrics are their means.
+    rows = outcome.per_row()
+    assert set(rows) == {"row", "correct_reference", "correct_poisoned"}  # no backdoor: no hit
+    assert np.array_equal(rows["row"], np.arange(len(digits.y_test)))
+    assert np.array_equal(rows["correct_poisoned"], outcome.proba.argmax(1) == digits.y_test)
+    assert PoisonedAccuracy().evaluate(outcome).value == pytest.approx(poisoned)
+    drop = rows["correct_reference"].astype(float) - rows["correct_poisoned"]
+    assert AccuracyDrop().evaluate(outcome).value == pytest.approx(drop.mean())
+    assert drop.mean() == pytest.approx(clean - poisoned)
+
+
+def test_backdoor_outcome_carries_per_row_hits(model: Model, digits: Dataset, rng) -> None:
+    outcome = CornerBackdoor().run(model, digits, rng)
+    assert outcome.target == 0 and outcome.n_poisoned == round(0.2 * len(digits.x_train))
+    hit = outcome.per_row()["hit"]
+    assert len(hit) == len(digits.y_test)
+    assert np.array_equal(hit, outcome.proba_triggered.argmax(1) == 0)
+    # The trigger works on the poisoned model: most non-target rows now read as class 0,
+    # while the model stays accurate on clean rows.
+    others = digits.y_test != 0
+    assert hit[others].mean() > 0.8
+    assert accuracy(outcome.proba, digits.y_test) > 0.8
 
 
 def test_flips_go_uniformly_to_other_classes() -> None:
@@ -149,13 +222,8 @@ def test_same_seed_same_poisoned_set(model: Model, digits: Dataset) -> None:
 
 def test_defense_stays_on_top_of_the_retrained_model(digits: Dataset, rng) -> None:
     # A "defense" that halves the logits; retraining must keep it around the new module.
-    def defended(module: torch.nn.Module) -> Model:
-        halved = torch.nn.Sequential(module, _Scale(0.5))
-        return Model(halved, input_shape=digits.input_shape, n_classes=digits.n_classes,
-                     recipe=base.recipe, rebuild=defended)
-
     base = small_cnn(digits)
-    deployed = defended(base.module)
+    deployed = base.deploy(post=lambda z: z * 0.5)
     outcome = LabelFlip(fraction=0.3).run(deployed, digits, rng)
     np.testing.assert_allclose(outcome.proba_reference, deployed.predict(digits.x_test),
                                rtol=1e-6)
@@ -166,17 +234,38 @@ def test_defense_stays_on_top_of_the_retrained_model(digits: Dataset, rng) -> No
     np.testing.assert_allclose(outcome.proba, expected, rtol=1e-5, atol=1e-6)
 
 
-class _Scale(torch.nn.Module):
-    def __init__(self, factor: float) -> None:
-        super().__init__()
-        self.factor = factor
+def test_labels_only_deployment_is_measured_as_deployed(model: Model, digits: Dataset,
+                                                        rng) -> None:
+    # Poisoning never queries the model, so a labels-only deployment is in scope; the core
+    # measures what it would output: one-hot rows of the classes it answers.
+    labels_only = model.deploy(access=Access.LABELS)
+    outcome = LabelFlip(fraction=0.3).run(labels_only, digits, rng)
+    assert set(np.unique(outcome.proba)) == {0.0, 1.0}
+    assert np.array_equal(outcome.proba_reference.argmax(1), model.labels(digits.x_test))
+    assert labels_only.queries == 0
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.factor
+
+def test_a_bad_poisoned_set_is_an_error_naming_the_attack(model: Model, digits: Dataset,
+                                                          rng) -> None:
+    class OffByOne(PoisoningAttack):
+        """Test attack: shifts every label up by one, past the last class.
+
+        No paper: a bug on purpose.
+        """
+
+        name = "off-by-one"
+
+        def poison(self, dataset: Dataset, rng: np.random.Generator) -> PoisonedSet:
+            return PoisonedSet(dataset.x_train, dataset.y_train + 1, len(dataset.y_train))
+
+    with pytest.raises(PoisonedSetError, match=r"attack 'off-by-one'.*\[0, 10\)"):
+        OffByOne().run(model, digits, rng)
+    assert len(model.recipe.fits) == 1  # refused before any training was paid for
 
 
 def test_model_without_recipe_is_not_applicable(model: Model, digits: Dataset) -> None:
-    frozen = Model(model.module, input_shape=model.input_shape, n_classes=model.n_classes)
+    module = model.recipe.train(digits.x_train, digits.y_train, 0)
+    frozen = Model(module, input_shape=model.input_shape, n_classes=model.n_classes)
     attack = LabelFlip()
     with pytest.raises(NotApplicable, match="recipe"):
         attack.check(frozen)
@@ -184,10 +273,13 @@ def test_model_without_recipe_is_not_applicable(model: Model, digits: Dataset) -
         attack.run(frozen, digits, np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("fraction", [-0.1, 1.5])
-def test_rejects_a_fraction_outside_0_1(fraction: float) -> None:
-    with pytest.raises(ConfigError, match="fraction"):
-        LabelFlip(fraction=fraction)
+@pytest.mark.parametrize(("values", "bound"), [({"fraction": -0.1}, ">= 0"),
+                                               ({"fraction": 1.5}, "<= 1"),
+                                               ({"train_seed": -1}, ">= 0")])
+def test_out_of_bounds_values_name_the_bound(values: dict[str, Any], bound: str) -> None:
+    (name,) = values
+    with pytest.raises(ConfigError, match=f"'{name}' must be {bound}"):
+        LabelFlip(**values)
 
 
 def test_single_class_data_is_not_applicable() -> None:
