@@ -67,6 +67,7 @@ class EvasionAttack(Attack):
         x_all = np.ascontiguousarray(dataset.x_test, dtype=np.float32)
         y_all = np.asarray(dataset.y_test, dtype=np.int64)
         n = min(self.rows, len(x_all)) if self.rows else len(x_all)
+        x_all, y_all = x_all[:n], y_all[:n]  # the last batch must stop at row n
         size = self.batch_size or max(n, 1)
         adv: list[np.ndarray] = []
         clean: list[np.ndarray | None] = []
