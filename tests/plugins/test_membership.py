@@ -1,4 +1,4 @@
-"""The threshold membership-inference attack on the real digits data and CNN."""
+"""The membership base and the threshold attack on the real digits data and CNN."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,12 +12,15 @@ from gauntlet import (
     ConfigError,
     Dataset,
     Family,
+    MembershipAttack,
     MembershipOutcome,
     Model,
     NotApplicable,
 )
+from gauntlet.membership import MembershipScoresError, best_threshold, draw_split
 from gauntlet.plugins import membership
-from gauntlet.plugins.membership import ThresholdMembership, best_threshold, draw_split
+from gauntlet.plugins.membership import ThresholdMembership
+from gauntlet.plugins.metrics import MembershipAccuracy, MembershipAUC
 from gauntlet.plugins.torch_models import load_model
 from gauntlet.registry import make_registry
 
@@ -28,6 +31,24 @@ def overfit(digits: Dataset) -> tuple[Model, Dataset]:
     small = dataclasses.replace(digits, x_train=digits.x_train[:100],
                                 y_train=digits.y_train[:100])
     return load_model("builtin:mlp", {"dataset": small, "epochs": 500, "seed": 0}), small
+
+
+class RecordingLoss(MembershipAttack):
+    """Test attack: the negative cross-entropy of the true label, recording every call.
+
+    Yeom et al., 2018 (the loss attack); records its inputs so the test can check them.
+    """
+
+    name = "recording-loss"
+
+    def __init__(self, **values: object) -> None:
+        super().__init__(**values)
+        self.calls: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def scores(self, model: Model, x: np.ndarray, y: np.ndarray,
+               rng: np.random.Generator) -> np.ndarray:
+        self.calls.append((x.copy(), y.copy()))
+        return np.log(model.predict(x)[np.arange(len(y)), y] + 1e-12)
 
 
 def advantage(outcome: MembershipOutcome, threshold: float) -> float:
@@ -44,7 +65,9 @@ def test_registers_with_its_metadata() -> None:
     assert cls.family is Family.INFERENCE
     assert cls.needs is Access.SCORES
     assert cls.outcome is MembershipOutcome
-    assert cls.params == {"samples": 0}
+    described = {name: p.describe() for name, p in cls.parameters().items()}
+    assert list(described) == ["members"]
+    assert described["members"]["default"] == 0 and described["members"]["bounds"] == ">= 0"
 
 
 def test_split_halves_are_equal_in_size_and_disjoint() -> None:
@@ -60,24 +83,51 @@ def test_split_halves_are_equal_in_size_and_disjoint() -> None:
     assert not set(split.nonmembers_calibration) & set(split.nonmembers_evaluation)
 
 
-@pytest.mark.parametrize(("samples", "calibration", "evaluation"),
+@pytest.mark.parametrize(("members", "calibration", "evaluation"),
                          [(101, 50, 51), (2, 1, 1), (10_000, 225, 225)])
-def test_samples_sets_the_sizes_capped_by_the_data(samples: int, calibration: int,
+def test_members_sets_the_sizes_capped_by_the_data(members: int, calibration: int,
                                                    evaluation: int) -> None:
-    split = draw_split(1347, 450, samples, np.random.default_rng(1))
+    split = draw_split(1347, 450, members, np.random.default_rng(1))
     assert len(split.members_calibration) == len(split.nonmembers_calibration) == calibration
     assert len(split.members_evaluation) == len(split.nonmembers_evaluation) == evaluation
 
 
-def test_outcome_holds_the_evaluation_half_scores(digits_model: Model, digits: Dataset) -> None:
-    outcome = ThresholdMembership(samples=300).run(digits_model, digits, np.random.default_rng(5))
-    split = draw_split(len(digits.x_train), len(digits.x_test), 300, np.random.default_rng(5))
-    expected_members = digits_model.predict(digits.x_train[split.members_evaluation]).max(1)
-    expected_nonmembers = digits_model.predict(digits.x_test[split.nonmembers_evaluation]).max(1)
-    assert len(outcome.scores_members) == len(outcome.scores_nonmembers) == 150
-    np.testing.assert_allclose(outcome.scores_members, expected_members, rtol=1e-6)
-    np.testing.assert_allclose(outcome.scores_nonmembers, expected_nonmembers, rtol=1e-6)
-    assert outcome.n == 300
+def test_base_scores_exactly_the_drawn_rows(digits_model: Model, digits: Dataset) -> None:
+    attack = RecordingLoss(members=101)
+    outcome = attack.run(digits_model, digits, np.random.default_rng(5))
+    split = draw_split(len(digits.x_train), len(digits.x_test), 101, np.random.default_rng(5))
+
+    # Members first (calibration half, then evaluation half), then non-members alike.
+    (x_in, y_in), (x_out, y_out) = attack.calls
+    in_rows = np.r_[split.members_calibration, split.members_evaluation]
+    out_rows = np.r_[split.nonmembers_calibration, split.nonmembers_evaluation]
+    assert np.array_equal(x_in, digits.x_train[in_rows])
+    assert np.array_equal(y_in, digits.y_train[in_rows])
+    assert np.array_equal(x_out, digits.x_test[out_rows])
+    assert np.array_equal(y_out, digits.y_test[out_rows])
+
+    # The outcome holds the evaluation halves, with their row indices ...
+    assert len(outcome.scores_members) == len(outcome.scores_nonmembers) == 51
+    assert np.array_equal(outcome.rows_members, split.members_evaluation)
+    assert np.array_equal(outcome.rows_nonmembers, split.nonmembers_evaluation)
+    expected = np.log(digits_model.predict(digits.x_train[split.members_evaluation])[
+        np.arange(51), digits.y_train[split.members_evaluation]] + 1e-12)
+    np.testing.assert_allclose(outcome.scores_members, expected, rtol=1e-6)
+    # ... and the threshold was chosen on the calibration halves only.
+    half = len(split.members_calibration)
+    first = attack.scores(digits_model, x_in, y_in, np.random.default_rng(0))
+    second = attack.scores(digits_model, x_out, y_out, np.random.default_rng(0))
+    assert outcome.threshold == best_threshold(first[:half], second[:half])
+
+    rows = outcome.per_row()
+    assert np.array_equal(rows["row"], np.r_[split.members_evaluation,
+                                             split.nonmembers_evaluation])
+    assert np.array_equal(rows["member"], np.r_[np.ones(51, bool), np.zeros(51, bool)])
+    assert np.array_equal(rows["score"], np.r_[outcome.scores_members,
+                                               outcome.scores_nonmembers])
+    decided = (rows["score"] >= outcome.threshold) == rows["member"]
+    assert MembershipAccuracy().evaluate(outcome).value == pytest.approx(decided.mean())
+    assert outcome.n == 102
 
 
 def test_threshold_maximises_advantage_on_the_calibration_half(digits_model: Model,
@@ -117,14 +167,15 @@ def test_overfit_model_leaks_membership(overfit: tuple[Model, Dataset], rng) -> 
     assert advantage(outcome, outcome.threshold) > 0.15
     y, scores = outcome.labels_and_scores()
     assert roc_auc_score(y, scores) > 0.55
+    assert MembershipAUC().evaluate(outcome).value == pytest.approx(roc_auc_score(y, scores))
     # Members are answered at least as confidently as non-members, on average.
     assert outcome.scores_members.mean() > outcome.scores_nonmembers.mean()
 
 
 def test_same_seed_same_numbers(digits_model: Model, digits: Dataset) -> None:
-    first = ThresholdMembership(samples=200).run(digits_model, digits, np.random.default_rng(9))
-    again = ThresholdMembership(samples=200).run(digits_model, digits, np.random.default_rng(9))
-    other = ThresholdMembership(samples=200).run(digits_model, digits, np.random.default_rng(10))
+    first = ThresholdMembership(members=200).run(digits_model, digits, np.random.default_rng(9))
+    again = ThresholdMembership(members=200).run(digits_model, digits, np.random.default_rng(9))
+    other = ThresholdMembership(members=200).run(digits_model, digits, np.random.default_rng(10))
     assert np.array_equal(first.scores_members, again.scores_members)
     assert np.array_equal(first.scores_nonmembers, again.scores_nonmembers)
     assert first.threshold == again.threshold
@@ -132,8 +183,7 @@ def test_same_seed_same_numbers(digits_model: Model, digits: Dataset) -> None:
 
 
 def test_labels_only_model_is_not_applicable(digits_model: Model, digits: Dataset) -> None:
-    labels_only = Model(digits_model.module, input_shape=digits_model.input_shape,
-                        n_classes=digits_model.n_classes, access=Access.LABELS)
+    labels_only = digits_model.deploy(access=Access.LABELS)
     attack = ThresholdMembership()
     with pytest.raises(NotApplicable, match="scores"):
         attack.check(labels_only)
@@ -141,9 +191,27 @@ def test_labels_only_model_is_not_applicable(digits_model: Model, digits: Datase
         attack.run(labels_only, digits, np.random.default_rng(0))
 
 
-def test_rejects_bad_samples_and_too_little_data(digits_model: Model, digits: Dataset) -> None:
-    with pytest.raises(ConfigError, match="samples"):
-        ThresholdMembership(samples=-1)
+@pytest.mark.parametrize("returned", [np.zeros((3, 2)), np.array([np.nan] * 4), "high"])
+def test_bad_scores_are_an_error_naming_the_attack(digits_model: Model, digits: Dataset,
+                                                   returned: object) -> None:
+    class Broken(MembershipAttack):
+        """Test attack: returns the wrong thing.
+
+        No paper: a bug on purpose.
+        """
+
+        name = "broken-scores"
+
+        def scores(self, model, x, y, rng):  # type: ignore[no-untyped-def]
+            return returned
+
+    with pytest.raises(MembershipScoresError, match="attack 'broken-scores': scores()"):
+        Broken(members=4).run(digits_model, digits, np.random.default_rng(0))
+
+
+def test_rejects_bad_members_and_too_little_data(digits_model: Model, digits: Dataset) -> None:
+    with pytest.raises(ConfigError, match="'members' must be >= 0"):
+        ThresholdMembership(members=-1)
     tiny = dataclasses.replace(digits, x_test=digits.x_test[:1], y_test=digits.y_test[:1])
     with pytest.raises(NotApplicable, match="at least 2"):
         ThresholdMembership().run(digits_model, tiny, np.random.default_rng(0))
