@@ -1,13 +1,25 @@
-"""The trash-bucket probe on the real digits CNN."""
+"""The probe base and the trash-bucket probe on the real digits CNN."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from gauntlet import Access, ConfigError, Dataset, Family, Model, NotApplicable, ProbeOutcome
+from gauntlet import (
+    Access,
+    ConfigError,
+    Dataset,
+    Family,
+    Model,
+    NotApplicable,
+    ProbeAttack,
+    ProbeOutcome,
+)
 from gauntlet.plugins import probes
+from gauntlet.plugins.metrics import ProbeConfidence, TopClassShare
 from gauntlet.plugins.probes import TrashBucket, uniform_noise
+from gauntlet.plugins.torch_models import build_cnn
+from gauntlet.probe import ProbeInputsError
 from gauntlet.registry import make_registry
 
 
@@ -19,7 +31,9 @@ def test_registers_with_its_metadata() -> None:
     assert cls.family is Family.PROBE
     assert cls.needs is Access.SCORES
     assert cls.outcome is ProbeOutcome
-    assert cls.params == {"samples": 1000}
+    described = {name: p.describe() for name, p in cls.parameters().items()}
+    assert list(described) == ["probes"]
+    assert described["probes"]["default"] == 1000 and described["probes"]["bounds"] == ">= 1"
 
 
 @pytest.mark.parametrize("clip_values", [(0.0, 1.0), (-1.0, 2.0)])
@@ -36,24 +50,43 @@ def test_noise_fills_the_valid_range(clip_values: tuple[float, float]) -> None:
     assert np.all(np.abs(counts / x.size - 0.25) < 0.01)
 
 
-def test_outcome_is_the_model_on_its_own_range_of_noise(digits_model: Model,
-                                                        digits: Dataset) -> None:
+def test_outcome_is_the_model_on_its_own_range_of_noise() -> None:
     # The probe follows the model's clip_values and input_shape, not the data's.
-    wide = Model(digits_model.module, input_shape=digits_model.input_shape,
-                 n_classes=digits_model.n_classes, clip_values=(-1.0, 2.0))
-    outcome = TrashBucket(samples=300).run(wide, digits, np.random.default_rng(1))
+    torch.manual_seed(0)
+    module = build_cnn((1, 8, 8), 10)
+    wide = Model(module, input_shape=(1, 8, 8), n_classes=10, clip_values=(-1.0, 2.0))
+    outcome = TrashBucket(probes=300).run(wide, _no_data(), np.random.default_rng(1))
     x = uniform_noise((1, 8, 8), (-1.0, 2.0), 300, np.random.default_rng(1))
     with torch.no_grad():
-        expected = torch.softmax(digits_model.module(torch.from_numpy(x)), dim=1).numpy()
+        expected = torch.softmax(module(torch.from_numpy(x)), dim=1).numpy()
     assert outcome.proba.shape == (300, 10) and outcome.n == 300
     np.testing.assert_allclose(outcome.proba, expected, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(outcome.proba.sum(axis=1), 1.0, rtol=1e-5)
 
 
+def _no_data() -> Dataset:
+    """A dataset the probe must not need (its inputs come from the model's shape)."""
+    empty = np.zeros((0, 1, 8, 8), np.float32)
+    return Dataset("none", empty, np.zeros(0, np.int64), empty, np.zeros(0, np.int64), 10)
+
+
+def test_per_row_results_are_the_answers_to_each_probe(digits_model: Model,
+                                                       digits: Dataset) -> None:
+    outcome = TrashBucket(probes=250).run(digits_model, digits, np.random.default_rng(3))
+    rows = outcome.per_row()
+    assert set(rows) == {"predicted", "confidence"}
+    assert len(rows["predicted"]) == len(rows["confidence"]) == 250
+    assert np.array_equal(np.bincount(rows["predicted"], minlength=10), outcome.class_counts())
+    assert TopClassShare().evaluate(outcome).value == pytest.approx(
+        outcome.class_counts().max() / 250)
+    assert ProbeConfidence().evaluate(outcome).value == pytest.approx(
+        rows["confidence"].mean(), rel=1e-6)
+
+
 def test_same_seed_same_numbers(digits_model: Model, digits: Dataset) -> None:
-    first = TrashBucket(samples=200).run(digits_model, digits, np.random.default_rng(7))
-    again = TrashBucket(samples=200).run(digits_model, digits, np.random.default_rng(7))
-    other = TrashBucket(samples=200).run(digits_model, digits, np.random.default_rng(8))
+    first = TrashBucket(probes=200).run(digits_model, digits, np.random.default_rng(7))
+    again = TrashBucket(probes=200).run(digits_model, digits, np.random.default_rng(7))
+    other = TrashBucket(probes=200).run(digits_model, digits, np.random.default_rng(8))
     assert np.array_equal(first.proba, again.proba)
     assert not np.array_equal(first.proba, other.proba)
 
@@ -68,16 +101,59 @@ def test_cnn_answers_noise_confidently_and_lopsidedly(digits_model: Model, digit
     assert outcome.proba.max(axis=1).mean() > 0.5
 
 
+def test_a_probe_from_real_inputs_measures_the_deployed_model(digits_model: Model,
+                                                              digits: Dataset) -> None:
+    class Inverted(ProbeAttack):
+        """Test probe: test images with their pixel values inverted (white on black).
+
+        Hendrycks & Gimpel, 2017 (out-of-distribution inputs from a shifted domain).
+        """
+
+        name = "inverted"
+
+        def inputs(self, model, dataset, rng):  # type: ignore[no-untyped-def]
+            low, high = model.clip_values
+            return high + low - dataset.x_test[:40]
+
+    cooled = digits_model.deploy(post=lambda z: z / 4.0)  # a defense the base must see
+    outcome = Inverted().run(cooled, digits, np.random.default_rng(0))
+    expected = cooled.predict(1.0 - digits.x_test[:40])
+    np.testing.assert_allclose(outcome.proba, expected, rtol=1e-6)
+    assert outcome.n == 40
+
+
+@pytest.mark.parametrize(("returned", "fault"), [
+    (np.zeros((5, 64), np.float32), r"shape \(5, 64\); the model takes \(N, 1, 8, 8\)"),
+    (np.full((5, 1, 8, 8), 3.0, np.float32), r"inputs in \[3, 3\], outside the valid range"),
+    (np.full((5, 1, 8, 8), np.nan, np.float32), "non-finite inputs"),
+])
+def test_bad_inputs_are_an_error_naming_the_probe(digits_model: Model, digits: Dataset,
+                                                  returned: np.ndarray, fault: str) -> None:
+    class Broken(ProbeAttack):
+        """Test probe: returns unusable inputs.
+
+        No paper: a bug on purpose.
+        """
+
+        name = "broken-probe"
+
+        def inputs(self, model, dataset, rng):  # type: ignore[no-untyped-def]
+            return returned
+
+    with pytest.raises(ProbeInputsError, match="attack 'broken-probe': inputs.. returned " +
+                       fault):
+        Broken().run(digits_model, digits, np.random.default_rng(0))
+
+
 def test_labels_only_model_is_not_applicable(digits_model: Model, digits: Dataset) -> None:
-    labels_only = Model(digits_model.module, input_shape=digits_model.input_shape,
-                        n_classes=digits_model.n_classes, access=Access.LABELS)
+    labels_only = digits_model.deploy(access=Access.LABELS)
     with pytest.raises(NotApplicable, match="scores"):
         TrashBucket().check(labels_only)
     with pytest.raises(NotApplicable):
         TrashBucket().run(labels_only, digits, np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("samples", [0, -5])
-def test_rejects_no_samples(samples: int) -> None:
-    with pytest.raises(ConfigError, match="samples"):
-        TrashBucket(samples=samples)
+@pytest.mark.parametrize("probes", [0, -5])
+def test_rejects_no_probes_naming_the_bound(probes: int) -> None:
+    with pytest.raises(ConfigError, match="'probes' must be >= 1"):
+        TrashBucket(probes=probes)
