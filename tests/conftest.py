@@ -1,12 +1,28 @@
-"""Shared fixtures: the real digits data and the built-in CNN, trained once per session."""
+"""Shared fixtures: the real digits data and the built-in CNN, trained once per session;
+and :func:`plugin`, which makes an in-process plugin of test classes."""
 from __future__ import annotations
+
+import types
 
 import numpy as np
 import pytest
 
-from gauntlet import Dataset, Model
+from gauntlet import Attack, Dataset, Defense, Metric, Model, hookimpl
 from gauntlet.plugins.datasets import load_sklearn
 from gauntlet.plugins.torch_models import load_model
+
+
+def plugin(name: str, *classes: type) -> types.ModuleType:
+    """A plugin module registering ``classes`` (attacks, defenses and metrics), for
+    ``make_registry(plugins={name: plugin(name, ...)})``."""
+    module = types.ModuleType(name)
+    for hook, base in (("register_attacks", Attack), ("register_defenses", Defense),
+                       ("register_metrics", Metric)):
+        mine = [c for c in classes if issubclass(c, base)]
+        if mine:
+            setattr(module, hook, hookimpl(lambda register, mine=mine: [register(c)
+                                                                       for c in mine]))
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -1,26 +1,35 @@
-"""The runner: plan expansion, per-cell isolation, defended models built once, seeding."""
+"""The runner: per-cell isolation, defended models built once, common random numbers,
+timeouts, outcomes checked and blamed on their plugin, and the executor seam."""
 from __future__ import annotations
 
-import types
+import pickle
+import signal
+import time
 
 import numpy as np
 import pytest
+from conftest import plugin
 
+import gauntlet
 from gauntlet import (
     Access,
     Attack,
     CleanOutcome,
-    ConfigError,
     Defense,
+    EvasionAttack,
     EvasionOutcome,
     Family,
     Metric,
     Stage,
-    hookimpl,
+    param,
     proportion,
 )
-from gauntlet.matrix import Runner, Selection, plan, run_cells
+from gauntlet.contract import ContractError, check_outcome
+from gauntlet.executor import SerialExecutor
+from gauntlet.plan import Cell, Selection, plan
 from gauntlet.registry import make_registry
+from gauntlet.rows import unpack
+from gauntlet.run import Runner
 
 
 class Accuracy(Metric):
@@ -31,45 +40,42 @@ class Accuracy(Metric):
 
     name = "acc"
     applies_to = (CleanOutcome, EvasionOutcome)
+    bounds = (0.0, 1.0)
+    format = "percent"
 
     def compute(self, outcome):
-        return proportion(float((outcome.y_pred == outcome.y_true).sum()), outcome.n)
+        return proportion(float(outcome.correct.sum()), outcome.n)
 
 
-class RandomSign(Attack):
+class RandomSign(EvasionAttack):
     """Adds eps times a random sign to every input.
 
     Test attack.
     """
 
     name = "random-sign"
-    family = Family.EVASION
     needs = Access.LABELS
-    outcome = EvasionOutcome
-    params = {"eps": (0.1, 0.3)}
+    eps: float = param((0.1, 0.3), "step size", ge=0)
 
-    def run(self, model, dataset, rng):
-        x = dataset.x_test
-        adv = np.clip(x + self.eps * rng.choice([-1.0, 1.0], size=x.shape), 0, 1)
-        return EvasionOutcome(y_true=dataset.y_test, proba=model.predict(adv.astype(np.float32)),
-                              proba_clean=model.predict(x), linf=self.eps)
+    def generate(self, model, x, y, rng):
+        return np.clip(x + self.eps * rng.choice([-1.0, 1.0], size=x.shape), 0, 1)
 
 
-class Crashes(Attack):
+class Crashes(EvasionAttack):
     """Always raises.
 
     Test attack.
     """
 
     name = "crashes"
-    family = Family.EVASION
+    needs = Access.LABELS
 
-    def run(self, model, dataset, rng):
+    def generate(self, model, x, y, rng):
         raise ValueError("deliberate failure")
 
 
 class NeedsGradients(Attack):
-    """Needs gradients.
+    """Needs gradients and implements nothing.
 
     Test attack.
     """
@@ -87,13 +93,12 @@ class HideGradients(Defense):
 
     name = "hide"
     stage = Stage.OUTPUT
+    adaptive = True
     builds = 0
 
     def apply(self, model, dataset, rng):
         type(self).builds += 1
-        from gauntlet import Model
-        return Model(model.module, input_shape=model.input_shape, n_classes=model.n_classes,
-                     access=Access.SCORES)
+        return model.deploy(access=Access.SCORES)
 
 
 class NoDefense(Defense):
@@ -104,35 +109,36 @@ class NoDefense(Defense):
 
     name = "nothing"
     stage = Stage.NONE
+    adaptive = True
 
     def apply(self, model, dataset, rng):
         return model
 
 
+class Identity(Defense):
+    """Deploys the model behind a layer that changes nothing.
+
+    Test defense: for the common-random-numbers test, a defense that is not 'none'.
+    """
+
+    name = "identity"
+    stage = Stage.INPUT
+    adaptive = True
+
+    def apply(self, model, dataset, rng):
+        rng.random(100)  # a defense's own draws must not shift the attack's
+        return model.deploy(pre=lambda x: x)
+
+
 @pytest.fixture
 def registry():
-    ns = types.SimpleNamespace(__name__="test_plugins")
-    ns.register_attacks = hookimpl(lambda register: [register(c) for c in
-                                                     (RandomSign, Crashes, NeedsGradients)])
-    ns.register_defenses = hookimpl(
-        lambda register: [register(c) for c in (NoDefense, HideGradients)])
-    ns.register_metrics = hookimpl(lambda register: register(Accuracy))
-    return make_registry(entrypoints=False, plugins={"test": ns})
+    test = plugin("test", RandomSign, Crashes, NeedsGradients, NoDefense, HideGradients,
+                  Accuracy)
+    return make_registry(entrypoints=False, plugins={"test": test})
 
 
-def test_plan_expands_defenses_times_clean_plus_attack_points(registry):
-    cells = plan(registry, [Selection("nothing"), Selection("hide")],
-                 [Selection("random-sign"), Selection("crashes")])
-    assert len(cells) == 2 * (1 + 2 + 1)
-    assert [c.attack.name for c in cells[:4]] == ["clean", "random-sign", "random-sign", "crashes"]
-    assert len({c.id for c in cells}) == len(cells)
-
-
-def test_plan_rejects_unknown_names_and_parameters(registry):
-    with pytest.raises(ConfigError, match="unknown attack 'nope'; known attacks: crashes"):
-        plan(registry, [Selection("nothing")], [Selection("nope")])
-    with pytest.raises(ConfigError, match="unknown parameter 'epsilon'"):
-        plan(registry, [Selection("nothing")], [Selection("random-sign", {"epsilon": 1})])
+def run_cells(runner, cells):
+    return SerialExecutor(progress=False).run(runner, cells)
 
 
 def test_cells_are_isolated_and_classified(registry, digits, digits_model):
@@ -142,21 +148,31 @@ def test_cells_are_isolated_and_classified(registry, digits, digits_model):
                  [Selection("random-sign"), Selection("crashes"), Selection("needs-gradients")])
     runner = Runner(digits_model, data, registry.metrics.values(), seed=0)
     seen = []
-    results = run_cells(runner, cells, progress=False, on_result=seen.append)
-    assert len(results) == len(seen) == len(cells)
+    results = SerialExecutor(progress=False).run(runner, cells, on_result=seen.append)
+    assert [r.id for r in results] == [r.id for r in seen] == [c.id for c in cells]
     by = {(r.defense, r.attack, r.attack_point): r for r in results}
     crash = by[("nothing", "crashes", "")]
     assert crash.status == "error" and "deliberate failure" in crash.reason
-    assert "ValueError" in crash.traceback
-    # the base attack class has no run(): with gradients available it is an error cell
+    assert "ValueError" in crash.traceback and not crash.metrics
+    # the base Attack has no run(): with gradients available it is an error cell ...
     assert by[("nothing", "needs-gradients", "")].status == "error"
+    # ... and behind a scores-only deployment, not applicable, before it runs
     na = by[("hide", "needs-gradients", "")]
     assert na.status == "not_applicable" and "gradients" in na.reason
     clean = by[("nothing", "clean", "")]
-    expected = (digits_model.predict(data.x_test).argmax(1) == data.y_test).mean()
+    expected = (digits_model.labels(data.x_test) == data.y_test).mean()
     assert clean.metrics["acc"]["value"] == pytest.approx(expected)
     assert clean.metrics["acc"]["n"] == 60
+    assert unpack(clean.rows)["correct"].mean() == pytest.approx(expected)
     assert HideGradients.builds == 1  # one defended model shared by its cells
+
+
+def test_clean_cell_is_a_measurement_not_queries(registry, digits, digits_model):
+    data = digits.subsample_test(30, 0)
+    before = digits_model.queries
+    (clean,) = run_cells(Runner(digits_model, data, [Accuracy], 0),
+                         plan(registry, [Selection("nothing")], []))
+    assert clean.status == "ok" and digits_model.queries == before
 
 
 def test_same_seed_same_numbers_and_order_does_not_matter(registry, digits, digits_model):
@@ -164,32 +180,50 @@ def test_same_seed_same_numbers_and_order_does_not_matter(registry, digits, digi
     cells = plan(registry, [Selection("nothing")], [Selection("random-sign")])
 
     def values(cs, seed):
-        runner = Runner(digits_model, data, registry.metrics.values(), seed=seed)
-        return {r.id: r.metrics["acc"]["value"] for r in run_cells(runner, cs, progress=False)}
+        runner = Runner(digits_model, data, [Accuracy], seed=seed)
+        return {r.id: (r.metrics["acc"]["value"], r.rows) for r in run_cells(runner, cs)}
 
     first = values(cells, 0)
     assert first == values(list(reversed(cells)), 0)
-    # a different seed draws different noise: at least one number moves
-    assert first != values(cells, 1)
+    assert first != values(cells, 1)  # another seed draws other noise
 
 
-def test_defense_that_fails_to_build_errors_its_cells_only(registry, digits, digits_model):
+def test_common_random_numbers_across_defenses(digits, digits_model):
+    """Two defenses that leave the model as it is face the same draws of an attack: their
+    rows are identical. Mixing the defense into the attack's seed breaks this."""
+    registry = make_registry(plugins={"identity": plugin("identity", Identity)})
+    result = gauntlet.audit(model=digits_model, data=digits, attacks={"noise": {"eps": 0.2}},
+                            defenses=["none", "identity"], samples=60, seed=0,
+                            registry=registry)
+    cells = {(r["defense"], r["attack"]): r for r in result.records}
+    none, identity = cells[("none", "noise")], cells[("identity", "noise")]
+    assert none["status"] == identity["status"] == "ok"
+    rows = unpack(none["rows"]), unpack(identity["rows"])
+    assert set(rows[0]) == {"row", "correct_before", "correct_after", "l0", "l2", "linf"}
+    for name in rows[0]:
+        np.testing.assert_array_equal(rows[0][name], rows[1][name], err_msg=name)
+    assert none["metrics"] == identity["metrics"]
+    assert rows[0]["l2"].min() > 0  # the noise really drew something to compare
+
+
+def test_defense_that_fails_to_build_errors_its_cells_only(digits, digits_model):
     class Broken(NoDefense):
         """Fails.
 
         Test defense.
         """
+
         name = "broken"
 
         def apply(self, model, dataset, rng):
             raise RuntimeError("cannot build")
 
     data = digits.subsample_test(30, 0)
-    from gauntlet.matrix import Cell
-    cells = [Cell(Broken, {}, "", RandomSign, {"eps": 0.1}, ""),
-             Cell(NoDefense, {}, "", RandomSign, {"eps": 0.1}, "")]
-    results = run_cells(Runner(digits_model, data, [Accuracy], 0), cells, progress=False)
+    cells = [Cell(Broken, {}, "", RandomSign, RandomSign.resolve({"eps": 0.1}), ""),
+             Cell(NoDefense, {}, "", RandomSign, RandomSign.resolve({"eps": 0.1}), "")]
+    results = run_cells(Runner(digits_model, data, [Accuracy], 0), cells)
     assert results[0].status == "error" and "cannot build" in results[0].reason
+    assert results[0].reason.startswith("DefenseFailed: defense 'broken' failed to build")
     assert results[1].status == "ok"
 
 
@@ -203,23 +237,20 @@ class Sleeps(Attack):
     family = Family.EVASION
 
     def run(self, model, dataset, rng):
-        import time
         for _ in range(200):
             time.sleep(0.05)
         raise AssertionError("the deadline should have stopped this cell")
 
 
 def test_a_cell_past_the_timeout_is_an_error_and_the_audit_goes_on(digits, digits_model):
-    from gauntlet.matrix import Cell
     data = digits.subsample_test(30, 0)
     cells = [Cell(NoDefense, {}, "", Sleeps, {}, ""),
-             Cell(NoDefense, {}, "", RandomSign, {"eps": 0.1}, "")]
-    runner = Runner(digits_model, data, [Accuracy], 0, timeout=0.3)
-    slow, fast = run_cells(runner, cells, progress=False)
-    assert slow.status == "error" and "timed out after 0.3 s" in slow.reason
-    assert slow.duration_s < 2.0
+             Cell(NoDefense, {}, "", RandomSign, RandomSign.resolve({}), "")]
+    runner = Runner(digits_model, data, [Accuracy], 0, timeout=1.0)
+    slow, fast = run_cells(runner, cells)
+    assert slow.status == "error" and "timed out after 1 s" in slow.reason
+    assert slow.duration_s < 5.0  # not the 10 s it would sleep
     assert fast.status == "ok"
-    import signal
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no timer left behind
 
 
@@ -232,13 +263,14 @@ class ReturnsNothing(Defense):
 
     name = "returns-nothing"
     stage = Stage.INPUT
+    adaptive = False
 
     def apply(self, model, dataset, rng):
-        model.module.eval()  # does its work, then falls off the end
+        model.deploy()  # does its work, then falls off the end
 
 
 def outcome_attack(name: str, make):
-    """An evasion attack class whose outcome is ``make(model, dataset)``."""
+    """An attack class (on the bare Attack base) whose outcome is ``make(model, dataset)``."""
     return type(name.title().replace("-", ""), (Attack,), {
         "__doc__": "Returns a hand-made outcome.\n\nTest attack.", "name": name,
         "family": Family.EVASION, "outcome": EvasionOutcome,
@@ -248,7 +280,7 @@ def outcome_attack(name: str, make):
 def evasion(model, dataset, **changes):
     p = model.predict(dataset.x_test)
     return EvasionOutcome(**{"y_true": dataset.y_test, "proba": p, "proba_clean": p,
-                             "linf": 0.0, **changes})
+                             **changes})
 
 
 ShortRows = outcome_attack("short-rows", lambda m, d: evasion(
@@ -257,55 +289,43 @@ NanProba = outcome_attack("nan-proba", lambda m, d: evasion(
     m, d, proba=m.predict(d.x_test + np.float32(np.nan))))
 
 
-class Blows(Attack):
+class Blows(EvasionAttack):
     """Scales its perturbation by ``scale``; an infinite scale makes NaN inputs.
 
     Test attack: the plugin bug a parameter value can trigger.
     """
 
     name = "blows"
-    family = Family.EVASION
-    outcome = EvasionOutcome
-    params = {"scale": 0.1}
+    scale: float = param(0.1, "step size")
 
-    def run(self, model, dataset, rng):
-        x = dataset.x_test
+    def generate(self, model, x, y, rng):
         with np.errstate(invalid="ignore"):
             step = np.where(x > 0.5, 1.0, 0.0) * self.scale  # 0 * inf is NaN
-        adv = np.clip(x + step, 0, 1).astype(np.float32)
-        return EvasionOutcome(y_true=dataset.y_test, proba=model.predict(adv),
-                              proba_clean=model.predict(x),
-                              linf=float(np.abs(adv - x).max()))
+        return np.clip(x + step, 0, 1)
 
 
 def run_one(model, data, defense, attack, params=None, metrics=(Accuracy,)):
-    from gauntlet.matrix import Cell
     (result,) = run_cells(Runner(model, data, list(metrics), 0),
-                          [Cell(defense, {}, "", attack, params or {}, "")], progress=False)
+                          [Cell(defense, {}, "", attack, attack.resolve(params or {}), "")])
     return result
 
 
 def test_defense_that_returns_no_model_is_named_with_what_it_returned(digits, digits_model,
                                                                       caplog):
     data = digits.subsample_test(20, 0)
-    from gauntlet.matrix import Cell
-    cells = [Cell(ReturnsNothing, {}, "", a, p, "") for a, p in
-             ((RandomSign, {"eps": 0.1}), (RandomSign, {"eps": 0.3}))]
+    cells = [Cell(ReturnsNothing, {}, "", RandomSign, RandomSign.resolve({"eps": e}), "")
+             for e in (0.1, 0.3)]
     with caplog.at_level("WARNING", logger="gauntlet"):
-        results = run_cells(Runner(digits_model, data, [Accuracy], 0), cells, progress=False)
+        results = run_cells(Runner(digits_model, data, [Accuracy], 0), cells)
     for r in results:
         assert r.status == "error"
-        assert r.reason == "DefenseFailed: defense 'returns-nothing' returned None from " \
-                           "apply(), not a gauntlet.Model"
-        assert "'NoneType' object has no attribute" not in r.reason
-    # the failed build is logged once, not once per cell
-    assert caplog.text.count("returned None from apply()") == 1
+        assert r.reason.startswith("DefenseFailed: defense 'returns-nothing' returned None "
+                                   "from apply(), not a gauntlet.Model")
+    assert caplog.text.count("returned None from apply()") == 1  # logged once, not per cell
 
 
 def test_outcome_with_the_wrong_number_of_rows_is_blamed_on_the_attack(digits, digits_model):
-    from gauntlet.plugins.metrics import RobustAccuracy
-    r = run_one(digits_model, digits.subsample_test(30, 0), NoDefense, ShortRows,
-                metrics=(Accuracy, RobustAccuracy))
+    r = run_one(digits_model, digits.subsample_test(30, 0), NoDefense, ShortRows)
     assert r.status == "error"
     assert "attack 'short-rows' returned arrays with different numbers of rows " \
            "(y_true 30, proba 29, proba_clean 30)" in r.reason
@@ -325,19 +345,7 @@ def test_parameter_value_that_makes_nan_inputs_is_an_error_not_plausible_numbers
     assert run_one(digits_model, data, NoDefense, Blows, {"scale": 0.1}).status == "ok"
     r = run_one(digits_model, data, NoDefense, Blows, {"scale": float("inf")})
     assert r.status == "error" and not r.metrics
-    assert "attack 'blows' returned" in r.reason and "non-finite" in r.reason
-
-
-def test_nan_parameter_is_rejected_before_anything_runs(registry):
-    with pytest.raises(ConfigError, match="attack 'random-sign': parameter 'eps' is NaN"):
-        plan(registry, [Selection("nothing")],
-             [Selection("random-sign", {"eps": [0.1, float("nan")]})])
-
-
-def test_a_plugin_selected_twice_is_rejected(registry):
-    with pytest.raises(ConfigError, match="attack 'random-sign' is selected more than once"):
-        plan(registry, [Selection("nothing")], [Selection("random-sign"),
-                                                Selection("random-sign", {"eps": 0.2})])
+    assert "'blows'" in r.reason and "non-finite" in r.reason
 
 
 class Fails(Metric):
@@ -362,18 +370,17 @@ def test_a_failing_metric_loses_only_its_own_number(digits, digits_model, caplog
     assert r.metric_errors == {"fails": "ZeroDivisionError: no rows to divide by"}
     assert caplog.text.count("no rows to divide by") == 1
     from gauntlet.results import tidy_rows
-    rows = tidy_rows({"cells": [r.to_dict()]})
+    rows = tidy_rows({"cells": [r.to_dict(rows=False)]})
     (failed,) = [row for row in rows if row["metric"] == "fails"]
     assert failed["value"] is None and "ZeroDivisionError" in failed["reason"]
 
 
-def test_tracebacks_name_files_relative_to_the_package(registry, digits, digits_model):
+def test_tracebacks_name_files_relative_to_the_package(digits, digits_model):
     import os
-
-    import gauntlet
     r = run_one(digits_model, digits.subsample_test(10, 0), NoDefense, Crashes)
     assert r.status == "error"
-    assert 'File "gauntlet/matrix.py"' in r.traceback
+    assert 'File "gauntlet/run.py"' in r.traceback
+    assert 'File "gauntlet/evasion.py"' in r.traceback
     assert os.path.dirname(gauntlet.__file__) not in r.traceback
 
 
@@ -381,13 +388,12 @@ def test_display_path_strips_package_site_packages_and_home():
     import os
     import site
 
-    import gauntlet
     from gauntlet.results import display_path, short_paths
 
     package = os.path.dirname(gauntlet.__file__)
     assert display_path(os.path.join(package, "plugins", "x.py")) == "gauntlet/plugins/x.py"
-    import gauntlet.plugins.evasion as evasion
-    assert display_path(evasion.__file__) == "gauntlet/plugins/evasion.py"
+    import gauntlet.plugins.evasion as evasion_plugins
+    assert display_path(evasion_plugins.__file__) == "gauntlet/plugins/evasion.py"
     lib = site.getsitepackages()[0]
     assert display_path(os.path.join(lib, "torch", "nn", "m.py")) == "torch/nn/m.py"
     home = os.path.expanduser("~")
@@ -395,6 +401,9 @@ def test_display_path_strips_package_site_packages_and_home():
     assert display_path("/srv/elsewhere/x.py") == "/srv/elsewhere/x.py"
     text = f'  File "{os.path.join(lib, "numpy", "core.py")}", line 3, in f\n'
     assert short_paths(text) == '  File "numpy/core.py", line 3, in f\n'
+
+
+P = np.full((6, 4), 0.25)
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -406,13 +415,15 @@ def test_display_path_strips_package_site_packages_and_home():
     ({"y_true": np.full(6, 7)}, "y_true that is not a vector of class labels in [0, 4)"),
     ({"y_true": np.zeros(6)}, "y_true that is not a vector of class labels"),
     ({"proba": np.full((6, 4), np.inf)}, "proba with 24 non-finite values"),
-    ({"linf": float("nan")}, "linf = nan"),
+    ({"linf": np.full(6, np.nan)}, "linf with 6 non-finite values"),
+    ({"linf": np.float32(0.1)}, "expected one number per attacked row"),
+    ({"l2": np.zeros(5)}, "(y_true 6, proba 6, proba_clean 6, l2 5)"),
+    ({"rows": np.array([0, 1, 2, 3, 4, 9])}, "rows that are not distinct indices of the 6"),
+    ({"rows": np.zeros(6, dtype=np.int64)}, "rows that are not distinct indices"),
     ({"proba": [["a"] * 4] * 6}, "proba of dtype <U1, not numbers"),
 ])
 def test_check_outcome_names_what_is_wrong(changes, message):
-    from gauntlet.matrix import ContractError, check_outcome
-    p = np.full((6, 4), 0.25)
-    outcome = EvasionOutcome(**{"y_true": np.arange(6) % 4, "proba": p, "proba_clean": p,
+    outcome = EvasionOutcome(**{"y_true": np.arange(6) % 4, "proba": P, "proba_clean": P,
                                 **changes})
     with pytest.raises(ContractError) as err:
         check_outcome("attack 'x'", outcome, n_rows=6, n_classes=4)
@@ -420,16 +431,44 @@ def test_check_outcome_names_what_is_wrong(changes, message):
     assert message in str(err.value)
 
 
-def test_check_outcome_takes_array_likes_and_rows_up_to_those_given():
+def test_check_outcome_takes_per_row_arrays_array_likes_and_rows_up_to_those_given():
     from gauntlet import MembershipOutcome, ProbeOutcome
-    from gauntlet.matrix import ContractError, check_outcome
     outcome = EvasionOutcome(y_true=[0, 1], proba=[[1.0, 0.0], [0.0, 1.0]],
-                             proba_clean=np.eye(2, dtype=np.float32), linf=np.float32(0.1))
+                             proba_clean=np.eye(2, dtype=np.float32), rows=[3, 1],
+                             l0=[1.0, 2.0], l2=[0.1, 0.2], linf=[0.1, 0.1])
     check_outcome("attack 'x'", outcome, n_rows=5, n_classes=2)  # 2 of 5 rows attacked
-    assert isinstance(outcome.proba, np.ndarray) and isinstance(outcome.y_true, np.ndarray)
+    assert isinstance(outcome.proba, np.ndarray) and isinstance(outcome.linf, np.ndarray)
+    with pytest.raises(ContractError, match="returned rows that are not distinct indices"):
+        check_outcome("attack 'x'", outcome, n_rows=3, n_classes=2)
     with pytest.raises(ContractError, match="returned 2 rows, but it was given 1 test rows"):
-        check_outcome("attack 'x'", outcome, n_rows=1, n_classes=2)
+        check_outcome("attack 'x'", EvasionOutcome(y_true=[0, 1], proba=np.eye(2),
+                                                   proba_clean=np.eye(2)), n_rows=1,
+                      n_classes=2)
     check_outcome("attack 'p'", ProbeOutcome(proba=np.eye(2)), n_rows=0, n_classes=2)
     with pytest.raises(ContractError, match="scores_members with 1 non-finite"):
         check_outcome("attack 'm'", MembershipOutcome(np.array([0.1, np.nan]), np.zeros(2),
                                                       0.5), n_rows=2, n_classes=2)
+
+
+def test_a_worker_rebuilds_the_runner_from_plain_data_and_gets_the_same_numbers(tmp_path):
+    """The executor seam: the config and the cells pickle, and a runner built from the
+    config alone (as a process-pool worker would) reproduces the serial audit's cells."""
+    from gauntlet.config import AuditConfig
+
+    cfg = AuditConfig(model="builtin:mlp", data="sklearn:iris", samples=30, seed=3,
+                      attacks=[Selection("noise", {"eps": 0.3})],
+                      defenses=[Selection("none"), Selection("input-noise")],
+                      out=str(tmp_path))
+    serial = gauntlet.audit(config=cfg)
+    registry = make_registry()
+    cells = plan(registry, cfg.defenses, cfg.attacks)
+    shipped_cfg, shipped_cells = pickle.loads(pickle.dumps((cfg, cells)))
+    worker = Runner.from_config(shipped_cfg)
+    # A worker gets the cells in any order, and only some of them.
+    mine = [worker.run_cell(c).to_dict(rows=False) for c in reversed(shipped_cells)]
+    by_id = {c["id"]: c for c in serial.cells}
+    assert len(mine) == 4
+    for cell in mine:
+        want = by_id[cell["id"]]
+        assert cell["status"] == want["status"] == "ok"
+        assert cell["metrics"] == want["metrics"], cell["id"]
