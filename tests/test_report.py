@@ -15,6 +15,7 @@ import pytest
 from gauntlet import wilson
 from gauntlet.reports.html import render_report, write_report
 from gauntlet.reports.tables import matrix, worst_findings
+from gauntlet.results import check_result
 
 EVIL = "<script>alert(1)</script>"
 N_EVAL = 500
@@ -29,22 +30,22 @@ MIA_SEPARATION = {"none": 0.55, "confidence-clip": 0.35, "input-noise": 0.4,
 NA_REASON = "needs gradients access; this model exposes scores only"
 ERROR_REASON = "ValueError: training diverged (loss is NaN)"
 
-METRICS = {  # name: (title, higher_is_better, bounds)
-    "clean_accuracy": ("Clean accuracy", True, [0.0, 1.0]),
-    "robust_accuracy": ("Robust accuracy", True, [0.0, 1.0]),
-    "attack_success_rate": ("Attack success rate", False, [0.0, 1.0]),
-    "precision": ("Precision (macro)", True, [0.0, 1.0]),
-    "recall": ("Recall (macro)", True, [0.0, 1.0]),
-    "f1": ("F1 (macro)", True, [0.0, 1.0]),
-    "confidence": ("Mean confidence", True, [0.0, 1.0]),
-    "membership_accuracy": ("Membership accuracy", False, [0.0, 1.0]),
-    "membership_advantage": ("Membership advantage", False, [0.0, 1.0]),
-    "membership_auc": ("Membership AUC", False, [0.0, 1.0]),
-    "poisoned_accuracy": ("Poisoned accuracy", True, [0.0, 1.0]),
-    "accuracy_drop": ("Accuracy drop", False, [-1.0, 1.0]),
-    "top_class_share": ("Top class share", False, [0.0, 1.0]),
-    "prediction_entropy": ("Prediction entropy", True, None),
-    "probe_confidence": ("Probe confidence", False, [0.0, 1.0]),
+METRICS = {  # name: (title, higher_is_better, bounds, format), as the built-ins declare
+    "clean_accuracy": ("Clean accuracy", True, [0.0, 1.0], "percent"),
+    "robust_accuracy": ("Robust accuracy", True, [0.0, 1.0], "percent"),
+    "attack_success_rate": ("Attack success rate", False, [0.0, 1.0], "percent"),
+    "precision": ("Precision (macro)", True, [0.0, 1.0], "percent"),
+    "recall": ("Recall (macro)", True, [0.0, 1.0], "percent"),
+    "f1": ("F1 (macro)", True, [0.0, 1.0], "percent"),
+    "confidence": ("Mean confidence", True, [0.0, 1.0], "percent"),
+    "membership_accuracy": ("Membership accuracy", False, [0.0, 1.0], "percent"),
+    "membership_advantage": ("Membership advantage", False, [-1.0, 1.0], "percent"),
+    "membership_auc": ("Membership AUC", False, [0.0, 1.0], "number"),
+    "poisoned_accuracy": ("Poisoned accuracy", True, [0.0, 1.0], "percent"),
+    "accuracy_drop": ("Accuracy drop", False, [-1.0, 1.0], "percent"),
+    "top_class_share": ("Top class share", False, [0.0, 1.0], "percent"),
+    "prediction_entropy": ("Prediction entropy", True, None, "number"),
+    "probe_confidence": ("Probe confidence", False, [0.0, 1.0], "percent"),
 }
 ATTACKS = {
     "clean": ("baseline", "none", "No attack: the defended model on clean test data."),
@@ -55,6 +56,10 @@ ATTACKS = {
     "label-flip": ("poisoning", "training", "Flip a fraction of training labels."),
     "trash-bucket": ("probe", "labels", "Feed out-of-distribution noise."),
 }
+
+
+EPS_PARAMETER = {"name": "eps", "type": "float", "default": list(EPS), "sweep": True,
+                 "bounds": ">= 0", "help": "L-infinity budget"}
 
 
 def _metric(value: float, n: int = N_EVAL, interval: bool = True) -> dict[str, Any]:
@@ -73,7 +78,7 @@ def _cell(defense: str, attack: str, point: dict[str, Any], metrics: dict[str, f
         "reason": reason, "traceback": tb, "duration_s": 0.5 + len(apoint) / 10,
         "n": N_EVAL if status == "ok" else None,
         "metrics": {k: _metric(v, interval=k != "prediction_entropy") for k, v in metrics.items()},
-        "artifacts": artifacts or {},
+        "metric_errors": {}, "artifacts": artifacts or {},
     }
 
 
@@ -127,8 +132,9 @@ def build_result(defenses: tuple[str, ...] = DEFENSES) -> dict[str, Any]:
             artifacts={"histogram": {"counts": counts}}))
     return {
         "schema": 1,
+        "title": "Digits audit",
         "provenance": {
-            "gauntlet": "0.1.0", "python": "3.11.7",
+            "gauntlet": "0.1.0", "python": "3.11.7", "platform": "Linux-6.1-x86_64",
             "libraries": {"torch": "2.5.1", "adversarial-robustness-toolbox": "1.20.1",
                           "numpy": "2.1.0"},
             "seed": 0, "started": "2025-01-01T12:00:00+00:00", "duration_s": 83.4,
@@ -137,22 +143,26 @@ def build_result(defenses: tuple[str, ...] = DEFENSES) -> dict[str, Any]:
                       "access": "gradients", "recipe": True},
             "data": {"name": "digits", "spec": "sklearn:digits", "n_train": 1347,
                      "n_test": 450, "n_eval": N_EVAL, "sha256": "cd" * 32},
+            "plugins": [], "broken_plugins": [],
         },
+        "intake": {"safe": None, "format": "builtin",
+                   "verdict": "not scanned: built-in model trained on the fly"},
         "config": {"model": "builtin:cnn", "data": "sklearn:digits", "seed": 0,
                    "attacks": list(ATTACKS), "defenses": list(defenses)},
-        "metrics": {k: {"title": t, "higher_is_better": h, "bounds": b,
+        "metrics": {k: {"title": t, "higher_is_better": h, "bounds": b, "format": f,
                         "description": f"{t} of the model.", "plugin": "metrics",
                         "distribution": "gauntlet", "version": "0.1.0"}
-                    for k, (t, h, b) in METRICS.items()},
-        "attacks": {k: {"family": f, "needs": needs, "description": desc, "plugin": "builtin",
-                        "distribution": "gauntlet", "version": "0.1.0"}
+                    for k, (t, h, b, f) in METRICS.items()},
+        "attacks": {k: {"family": f, "needs": needs, "description": desc,
+                        "parameters": [EPS_PARAMETER] if k in STRENGTH else [],
+                        "plugin": "builtin", "distribution": "gauntlet", "version": "0.1.0"}
                     for k, (f, needs, desc) in ATTACKS.items()},
         "defenses": {d: {"stage": "none" if d == "none" else "output" if "confidence" in d
                          else "input", "description": f"The {d} defense.",
                          "evaluation": "Gradients pass through the defense (adaptive)."
                          if d != "confidence-noise" else
                          "Randomised output, attacked without EOT.",
-                         "adaptive": d != "confidence-noise",
+                         "adaptive": d != "confidence-noise", "parameters": [],
                          "plugin": "defenses", "distribution": "gauntlet", "version": "0.1.0"}
                      for d in defenses},
         "cells": cells,
@@ -202,6 +212,47 @@ def cells(html: str) -> dict[tuple[str, str, str, str], tuple[str, dict[str, str
     parser = _Cells()
     parser.feed(html)
     return parser.cells
+
+
+def test_hand_made_result_follows_the_real_schema(result: dict[str, Any]) -> None:
+    # The fixture above stands in for an audit's results.json: held to the schema an audit
+    # writes (test_audit checks real results against the same), it cannot drift from it.
+    check_result(result)
+    check_result(hostile_result())
+
+
+@pytest.fixture(scope="session")
+def real_audit(digits: Any, digits_model: Any) -> Any:
+    """A real tiny audit: every family the report draws, a not-applicable cell, 30 rows."""
+    import gauntlet
+
+    return gauntlet.audit(model=digits_model, data=digits,
+                          attacks={"fgsm": {"eps": [0.1, 0.3]}, "mia-threshold": {},
+                                   "trash-bucket": {"probes": 50}},
+                          defenses=["none", "confidence-clip"], samples=30, seed=0)
+
+
+def test_report_of_a_real_audit_shows_its_numbers(real_audit: Any) -> None:
+    result = real_audit.result
+    check_result(result)
+    parser = _Cells()
+    parser.feed(render_report(result))
+    shown = 0
+    for cell in result["cells"]:
+        for name, m in cell["metrics"].items():
+            if result["metrics"][name]["format"] != "percent":
+                continue
+            key = (name, cell["defense"], cell["attack"], cell["attack_point"])
+            text, attrs = parser.cells[key]
+            assert text == f"{m['value'] * 100:.1f}%", key
+            assert f"n = {m['n']}" in attrs["title"]
+            shown += 1
+    assert shown > 20
+    na = [c for c in result["cells"] if c["status"] == "not_applicable"]
+    assert na  # fgsm behind confidence-clip (scores only)
+    text, attrs = parser.cells[("robust_accuracy", na[0]["defense"], na[0]["attack"],
+                                na[0]["attack_point"])]
+    assert text == "n/a" and na[0]["reason"] in attrs["title"]
 
 
 def _redness(hex_colour: str) -> int:
