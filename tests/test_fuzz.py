@@ -26,9 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gauntlet import Dataset, GauntletError
-from gauntlet.api import check_fit, load_dataset, load_model
 from gauntlet.intake import scan
-from gauntlet.matrix import Selection, deadline, plan
+from gauntlet.loading import check_fit, load_dataset, load_model
+from gauntlet.plan import Selection, plan
+from gauntlet.run import deadline
 
 SCALE = float(os.environ.get("GAUNTLET_FUZZ_SCALE", "1"))
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -65,7 +66,7 @@ def registry():
         except ImportError:
             continue
         if not reg.pm.is_registered(module):
-            reg.add_plugin(module, name, "gauntlet")
+            reg.add_plugin(module, name, "ml-gauntlet")
     return reg
 
 

@@ -43,7 +43,7 @@ class WritesMarker:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory, digits_model: gauntlet.Model) -> dict:
     folder = tmp_path_factory.mktemp("scan")
-    module = digits_model.module
+    module = digits_model._base
     out = {"state_dict": folder / "cnn.pt", "safetensors": folder / "cnn.safetensors",
            "full": folder / "full.pt", "torchscript": folder / "cnn.ts",
            "evil": folder / "evil.pkl", "marker": folder / "PWNED", "text": folder / "x.pt"}
@@ -99,7 +99,7 @@ def test_scan_lists_what_a_pickle_would_import(files):
 def test_scan_of_safetensors_lists_names_dtypes_and_shapes(files, digits_model):
     report = scan(make_registry(), files["safetensors"])
     tensors = {t["name"]: (t["dtype"], tuple(t["shape"])) for t in report.inventory["tensors"]}
-    expected = {k: tuple(v.shape) for k, v in digits_model.module.state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in digits_model._base.state_dict().items()}
     assert {k: shape for k, (_, shape) in tensors.items()} == expected
     assert {dtype for dtype, _ in tensors.values()} == {"F32"}
 

@@ -31,7 +31,7 @@ def test_every_module_imports():
             if info.name != "gauntlet.__main__":
                 importlib.import_module(info.name)
                 imported.add(info.name)
-    assert {"gauntlet.matrix", "gauntlet.plugins.metrics", "gauntlet.reports.html"} <= imported
+    assert {"gauntlet.registry", "gauntlet.plugins.metrics", "gauntlet.reports.html"} <= imported
     expected = {n[:-3].replace("/", ".") for n in source_modules()
                 if not n.endswith(("__init__.py", "__main__.py"))}
     assert imported == expected
@@ -44,7 +44,8 @@ def test_wheel_holds_every_module_and_template(tmp_path):
                            "--no-build-isolation", str(ROOT), "-w", str(tmp_path)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    (wheel,) = tmp_path.glob("gauntlet-*.whl")
+    # Published as ml-gauntlet (the name gauntlet is another project's); imported as gauntlet.
+    (wheel,) = tmp_path.glob("ml_gauntlet-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert source_modules() <= names
     templates = {f"gauntlet/reports/templates/{p.name}"
@@ -54,3 +55,10 @@ def test_wheel_holds_every_module_and_template(tmp_path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[gauntlet]" in text and "evasion = gauntlet.plugins.evasion" in text
+    assert "gauntlet = gauntlet.cli:main" in text  # the command keeps its name
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    headers = zipfile.ZipFile(wheel).read(metadata).decode().split("\n\n")[0].splitlines()
+    assert "Name: ml-gauntlet" in headers
+    # The extras name this distribution, not the unrelated `gauntlet` on the index.
+    requires = [h for h in headers if h.startswith("Requires-Dist:") and "gauntlet" in h]
+    assert requires and all("ml-gauntlet[" in h for h in requires)

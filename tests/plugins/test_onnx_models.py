@@ -15,7 +15,7 @@ ort = pytest.importorskip("onnxruntime")
 import torch  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from gauntlet import Access, ConfigError, DataError, Dataset, ModelLoadError  # noqa: E402
+from gauntlet import Access, AccessDenied, ConfigError, DataError, Dataset, ModelLoadError  # noqa: E402
 from gauntlet.cli import main  # noqa: E402
 from gauntlet.intake import scan  # noqa: E402
 from gauntlet.plugins import onnx_models  # noqa: E402
@@ -137,8 +137,8 @@ def test_torch_onnx_export_of_the_builtin_mlp(tmp_path, iris, mlp, registry):
     except Exception as exc:  # noqa: BLE001 - the exporter may need packages absent here
         pytest.skip(f"torch.onnx.export does not work here: {exc}")
     assert "ai.onnx::Gemm" in scan(registry, path).inventory["operators"]
-    model = load(path, iris)
-    np.testing.assert_allclose(model.logits(iris.x_test), reference(mlp, iris.x_test),
+    model = load(path, iris)  # a black box: its scores are the softmax of the graph's logits
+    np.testing.assert_allclose(model.predict(iris.x_test), softmax(reference(mlp, iris.x_test)),
                                atol=1e-5)
 
 
@@ -147,9 +147,9 @@ def test_output_option_and_fixed_batch(tmp_path, iris, mlp):
     z = reference(mlp, iris.x_test)
     # A graph exported for batch 1 still serves any batch (run row by row).
     np.testing.assert_allclose(load(path, iris).predict(iris.x_test), softmax(z), atol=1e-5)
-    # Told its probabilities are logits, Gauntlet takes them as logits.
+    # Told its probabilities are logits, Gauntlet takes them as logits (and softmaxes them).
     as_logits = load(path, iris, output="logits")
-    np.testing.assert_allclose(as_logits.logits(iris.x_test), softmax(z), atol=1e-5)
+    np.testing.assert_allclose(as_logits.predict(iris.x_test), softmax(softmax(z)), atol=1e-5)
     with pytest.raises(ConfigError, match="output must be"):
         load(path, iris, output="scores")
     with pytest.raises(ModelLoadError, match="negative"):
@@ -186,9 +186,11 @@ def test_sklearn_onnx_layouts(layout, tmp_path, iris, registry):
     assert "ai.onnx.ml::LinearClassifier" in scan(registry, path).inventory["operators"]
     model = load(path, iris)
     p = softmax(iris.x_test @ coef.T)
-    if layout == "labels":  # labels only: a decision-only black box
+    if layout == "labels":  # labels only: a decision-only black box, which has no scores
         assert model.access == Access.LABELS
-        np.testing.assert_array_equal(model.predict(iris.x_test).argmax(1), p.argmax(1))
+        np.testing.assert_array_equal(model.labels(iris.x_test), p.argmax(1))
+        with pytest.raises(AccessDenied, match="exposes labels only"):
+            model.predict(iris.x_test)
     else:
         assert model.access == Access.SCORES
         assert model.source["output"].endswith("(probabilities)")
@@ -219,7 +221,8 @@ def test_subgraphs_and_local_functions_are_inventoried_and_run(tmp_path, iris, m
     assert ops["ai.onnx::Relu"] == 2 and ops["ai.onnx::Neg"] == 1 and ops["ai.onnx::If"] == 1
     assert ops["local.ops::Double"] == 1 and ops["ai.onnx::Add"] == 3  # 2 + the function's
     expected = 2 * np.maximum(reference(mlp, iris.x_test), 0)
-    np.testing.assert_allclose(load(path, iris).logits(iris.x_test), expected, atol=1e-5)
+    np.testing.assert_allclose(load(path, iris).predict(iris.x_test), softmax(expected),
+                               atol=1e-5)
 
     # The same function, whose body now calls a contrib operator: refused where it is.
     double.node[0].domain = "com.microsoft"
@@ -400,7 +403,7 @@ def test_without_the_extra_the_cli_says_what_to_install(tmp_path, iris, mlp, mon
                                                         capsys):
     path = save(mlp_graph(mlp), tmp_path / "mlp.onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(ModelLoadError, match=r"pip install 'gauntlet\[onnx\]'"):
+    with pytest.raises(ModelLoadError, match=r'pip install "ml-gauntlet\[onnx\]"'):
         load(path, iris)
     monkeypatch.setitem(sys.modules, "onnx", None)
     for argv in (["scan", str(path)],
@@ -408,7 +411,7 @@ def test_without_the_extra_the_cli_says_what_to_install(tmp_path, iris, mlp, mon
                   "--defenses", "none", "--out", str(tmp_path / "out"), "--no-progress"]):
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert "needs the onnx extra" in err and "pip install 'gauntlet[onnx]'" in err
+        assert "needs the onnx extra" in err and 'pip install "ml-gauntlet[onnx]"' in err
         assert "Traceback" not in err
 
 
@@ -418,7 +421,7 @@ def test_audit_runs_score_attacks_and_marks_gradient_attacks_not_applicable(tmp_
     path = save(mlp_graph(mlp, softmax=True), tmp_path / "mlp.onnx")
     result = gauntlet.audit(model=str(path), data="sklearn:iris",
                             attacks={"fgsm": {"eps": [0.1]}, "noise": {"eps": [0.1]},
-                                     "mia-threshold": {}, "trash-bucket": {"samples": 200}},
+                                     "mia-threshold": {}, "trash-bucket": {"probes": 200}},
                             defenses=["none", "confidence-noise"], seed=0)
     status = {(c["defense"], c["attack"]): (c["status"], c["reason"]) for c in result.cells}
     for defense in ("none", "confidence-noise"):

@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.svm import SVC  # noqa: E402
 
 import gauntlet  # noqa: E402
-from gauntlet import Access, DataError, Dataset, ModelLoadError  # noqa: E402
+from gauntlet import Access, AccessDenied, DataError, Dataset, ModelLoadError  # noqa: E402
 from gauntlet.cli import main  # noqa: E402
 from gauntlet.intake import scan  # noqa: E402
 from gauntlet.plugins import sklearn_models  # noqa: E402
@@ -75,7 +75,9 @@ def test_a_classifier_without_probabilities_exposes_labels_only(tmp_path, wine):
     svc = SVC().fit(wine.x_train, wine.y_train)
     model = load(dump(svc, tmp_path / "svc.skops"), wine)
     assert model.access == Access.LABELS
-    np.testing.assert_array_equal(model.predict(wine.x_test).argmax(1), svc.predict(wine.x_test))
+    np.testing.assert_array_equal(model.labels(wine.x_test), svc.predict(wine.x_test))
+    with pytest.raises(AccessDenied, match="exposes labels only"):
+        model.predict(wine.x_test)
 
 
 def test_images_are_flattened_for_an_estimator_fitted_on_pixels(tmp_path, digits):
@@ -212,13 +214,13 @@ def test_without_the_extra_the_cli_says_what_to_install(tmp_path, logistic, monk
                   "--no-progress"]):
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert "needs the sklearn extra" in err and "pip install 'gauntlet[sklearn]'" in err
+        assert "needs the sklearn extra" in err and 'pip install "ml-gauntlet[sklearn]"' in err
         assert "Traceback" not in err
 
 
 # -- audits -------------------------------------------------------------------------------
 ATTACKS = {"fgsm": {"eps": [0.1]}, "noise": {"eps": [0.1]}, "mia-threshold": {},
-           "trash-bucket": {"samples": 200}}
+           "trash-bucket": {"probes": 200}}
 
 
 @pytest.mark.parametrize("kind", ["logistic", "svc"])
