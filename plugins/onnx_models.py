@@ -100,7 +100,7 @@ def scan_onnx(path: Path | str, data: bytes) -> tuple[ScanReport, Any]:
     return report, model
 
 
-@hookimpl
+@hookimpl(trylast=True)  # a built-in fallback: a third-party ONNX scanner is asked first
 def scan_model(path: Path, data: bytes) -> ScanReport | None:
     if not _claims(Path(path), data):
         return None

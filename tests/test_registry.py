@@ -225,6 +225,10 @@ def test_builtin_loaders_are_trylast_and_asked_in_a_fixed_order():
     # must come before PyTorch's, so a pickled estimator gets the skops advice.
     order = [i.plugin_name for i in reversed(reg.pm.hook.load_model.get_hookimpls())]
     assert order == ["onnx_models", "sklearn_models", "torch_models"]
+    # Scanners: scikit-learn's is tryfirst (it claims skops files and scikit-learn pickles
+    # only), so a pickled estimator is refused with the skops advice, not PyTorch's.
+    order = [i.plugin_name for i in reversed(reg.pm.hook.scan_model.get_hookimpls())]
+    assert order == ["sklearn_models", "onnx_models", "scanners"]
 
 
 # -- every hook goes through the plugin manager -------------------------------------------
