@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 import os
 import re
@@ -75,8 +74,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from gauntlet.registry import Registry
-
-log = logging.getLogger(__name__)
 
 SCHEMA = 1
 TABLE_COLUMNS = (
@@ -265,18 +262,7 @@ class AuditResult:
         """Extra report sections from plugins; a plugin that raises is skipped."""
         if self._registry is None:
             return []
-        if hasattr(self._registry, "report_sections"):
-            return self._registry.report_sections(self.result)  # type: ignore[no-any-return]
-        # Until Registry.report_sections lands (issue 6): the same, done here.
-        sections: list[dict[str, str]] = []
-        for impl in self._registry.pm.hook.report_sections.get_hookimpls():
-            try:
-                got = impl.function(result=self.result) or []
-                sections += [{"title": str(s["title"]), "text": str(s["text"])} for s in got]
-            except Exception:  # noqa: BLE001 - a report section never breaks the report
-                log.warning("report section of plugin %s failed", impl.plugin_name,
-                            exc_info=True)
-        return sections
+        return self._registry.report_sections(self.result)
 
     def write_report(self, path: str | Path) -> Path:
         """Write report.html and, beside it, results.json and results.csv.

@@ -4,64 +4,67 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
-import types
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
+from conftest import plugin
 
 import gauntlet
-from gauntlet import Access, Attack, EvasionOutcome, Family, hookimpl
+from gauntlet import Access, EvasionAttack
 from gauntlet.registry import make_registry
+from gauntlet.results import check_result
 
 EXAMPLE_PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "gauntlet-example-plugin"
+DEMO_METRICS = Path(__file__).parent / "data" / "demo_metrics.json"
 
 
 def in_process(name: str, *classes) -> dict:
-    ns = types.SimpleNamespace(__name__=name)
-    ns.register_attacks = hookimpl(lambda register: [register(c) for c in classes])
-    return {name: ns}
+    return {name: plugin(name, *classes)}
 
 
-class Explodes(Attack):
+class Explodes(EvasionAttack):
     """Raises mid-attack.
 
     Test attack.
     """
 
     name = "explodes"
-    family = Family.EVASION
     needs = Access.LABELS
 
-    def run(self, model, dataset, rng):
+    def generate(self, model, x, y, rng):
         raise RuntimeError("kaboom in plugin")
 
 
-class Shady(Attack):
+class Shady(EvasionAttack):
     """<script>alert('description')</script> does nothing.
 
     Test attack whose name and description carry markup.
     """
 
     name = "<script>alert('name')</script>"
-    family = Family.EVASION
     needs = Access.LABELS
-    outcome = EvasionOutcome
 
-    def run(self, model, dataset, rng):
-        p = model.predict(dataset.x_test)
-        return EvasionOutcome(y_true=dataset.y_test, proba=p, proba_clean=p)
+    def generate(self, model, x, y, rng):
+        return x
 
 
 @pytest.fixture(scope="module")
 def small_audit(digits, digits_model):
     return gauntlet.audit(model=digits_model, data=digits,
                           attacks={"fgsm": {"eps": [0.1, 0.3]}, "noise": {"eps": [0.3]},
-                                   "mia-threshold": {}, "trash-bucket": {"samples": 200}},
+                                   "mia-threshold": {}, "trash-bucket": {"probes": 200}},
                           defenses=["none", "confidence-clip"], samples=120, seed=0)
+
+
+def test_result_follows_the_schema(small_audit):
+    check_result(small_audit.result)
+    fgsm = small_audit.result["attacks"]["fgsm"]
+    assert {p["name"] for p in fgsm["parameters"]} >= {"eps", "rows", "batch_size"}
+    assert small_audit.result["metrics"]["robust_accuracy"]["format"] == "percent"
 
 
 def test_table_is_tidy_and_matches_cells(small_audit):
@@ -158,6 +161,54 @@ def test_demo_audit_through_the_cli(tmp_path):
     clean = none[("clean", "")]["metrics"]["clean_accuracy"]["value"]
     assert clean > 0.9
     assert none[("fgsm", "eps=0.3")]["metrics"]["robust_accuracy"]["value"] < clean - 0.2
+    check_result(data)
+    compare_with_recorded(data["cells"])
+
+
+def running_platform() -> dict:
+    """What decides the last bits of a float: torch's version, its CPU kernels, threads."""
+    import torch
+
+    return {"torch": torch.__version__.split("+")[0],
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "machine": platform.machine()}
+
+
+def compare_with_recorded(cells: list) -> None:
+    """Every metric of tests/data/demo_metrics.json (the demo audit before the core
+    redesign) against ``cells``: equal on the platform it was recorded on, else present
+    and within 0.05.
+
+    Cells are matched by (defense, defense point, attack, attack point, metric), not by
+    id: ids name every parameter, and parameter names changed; points name swept ones.
+    A recorded cell without metrics (not applicable) must have the same status.
+    """
+    recorded = json.loads(DEMO_METRICS.read_text())
+    now = {(c["defense"], c["defense_point"], c["attack"], c["attack_point"], name): m
+           for c in cells for name, m in c["metrics"].items()}
+    status = {(c["defense"], c["defense_point"], c["attack"], c["attack_point"]): c["status"]
+              for c in cells}
+    exact = recorded["platform"] == running_platform()
+    missing, differ = [], []
+    for defense, dpoint, attack, apoint, metric, value, n in recorded["rows"]:
+        key = (defense, dpoint, attack, apoint, metric)
+        got = now.get(key)
+        if metric is None:  # a cell with no metrics: its status stands in the value column
+            if status.get(key[:4]) != value:
+                differ.append(f"{key}: recorded {value}, now {status.get(key[:4])}")
+        elif got is None:
+            missing.append(key)
+        elif (got["value"] != value or got["n"] != n) if exact else \
+                abs(got["value"] - value) > 0.05:
+            differ.append(f"{key}: recorded {value} (n {n}), now {got['value']} (n {got['n']})")
+    why = ("exactly, as this is the platform it was recorded on" if exact else
+           f"within 0.05 only: recorded on {recorded['platform']}, running on "
+           f"{running_platform()}, where floating-point results may differ in the last bits "
+           "and flip a few rows")
+    assert not missing and not differ, (
+        f"the demo audit must reproduce every recorded metric {why}; "
+        f"{len(missing)} missing: {missing[:10]}; {len(differ)} differ:\n" +
+        "\n".join(differ))
 
 
 @pytest.fixture(scope="module")
@@ -196,50 +247,6 @@ def test_third_party_attack_is_a_column_of_matrix_and_report(example_plugin_path
     assert "box-blur" in (out / "report.html").read_text()
 
 
-class Counted(Attack):
-    """Counts its runs.
-
-    Test attack for resuming.
-    """
-
-    name = "counted"
-    family = Family.EVASION
-    needs = Access.LABELS
-    outcome = EvasionOutcome
-    params = {"eps": (0.1, 0.2)}
-    runs = 0
-
-    def run(self, model, dataset, rng):
-        type(self).runs += 1
-        x = np.clip(dataset.x_test + rng.uniform(-self.eps, self.eps, dataset.x_test.shape),
-                    0, 1).astype(np.float32)
-        return EvasionOutcome(y_true=dataset.y_test, proba=model.predict(x),
-                              proba_clean=model.predict(dataset.x_test))
-
-
-def test_resume_reuses_finished_cells_of_the_same_audit(digits, digits_model, tmp_path):
-    registry = make_registry(plugins=in_process("counted", Counted))
-
-    def run(**kw):
-        Counted.runs = 0
-        kwargs = {"model": digits_model, "data": digits, "attacks": ["counted"],
-                  "defenses": ["none"], "samples": 40, "registry": registry,
-                  "out": tmp_path, "seed": 0} | kw
-        return gauntlet.audit(**kwargs), Counted.runs
-
-    first, runs = run()
-    assert runs == 2 and all(c["status"] == "ok" for c in first.cells)
-    # an interrupted audit: only the first attack cell made it to disk
-    log = (tmp_path / "cells.jsonl").read_text().splitlines()
-    (tmp_path / "cells.jsonl").write_text("\n".join(log[:3]) + "\n")  # header, clean, eps=0.1
-    resumed, runs = run(resume=True)
-    assert runs == 1  # only eps=0.2 ran again
-    numbers = ["cell_id", "metric", "value", "low", "high", "n", "status"]
-    pd.testing.assert_frame_equal(resumed.table[numbers], first.table[numbers])
-    _, runs = run(resume=True, seed=1)  # another audit: nothing reused
-    assert runs == 2
-
-
 def test_provenance_names_what_was_audited_not_the_defaults():
     import torch
 
@@ -261,7 +268,7 @@ def test_provenance_names_what_was_audited_not_the_defaults():
 def test_weights_hash_follows_the_weights_of_any_dtype():
     import torch
 
-    from gauntlet.api import weights_sha256
+    from gauntlet.model import weights_sha256
 
     net = torch.nn.Linear(4, 3)
     net.register_buffer("scale", torch.ones(2, dtype=torch.bfloat16))  # numpy has no bf16
@@ -271,15 +278,3 @@ def test_weights_hash_follows_the_weights_of_any_dtype():
     with torch.no_grad():
         net.weight[0, 0] += 1e-3
     assert weights_sha256(model) != first
-
-
-def test_resume_survives_a_line_cut_short_by_a_crash(digits, digits_model, tmp_path):
-    registry = make_registry(plugins=in_process("counted", Counted))
-    kwargs = {"model": digits_model, "data": digits, "attacks": ["counted"],
-              "defenses": ["none"], "samples": 40, "registry": registry, "out": tmp_path}
-    gauntlet.audit(**kwargs)
-    lines = (tmp_path / "cells.jsonl").read_text().splitlines()
-    (tmp_path / "cells.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:25])
-    Counted.runs = 0
-    gauntlet.audit(**kwargs, resume=True)
-    assert Counted.runs == 1  # the cut line's cell ran again, the others were reused

@@ -100,3 +100,19 @@ def test_bad_selections_fail_before_anything_runs(registry, defenses, attacks, m
     with pytest.raises(ConfigError) as err:
         plan(registry, [Selection(d) for d in defenses], attacks)
     assert message in str(err.value)
+
+
+def test_built_in_attacks_keep_the_seeds_they_had_before_their_parameters_were_renamed():
+    # So an audit run again with the same seed gives the numbers it gave before issue 6
+    # (test_audit compares the whole demo audit with those numbers).
+    registry = make_registry()
+    cells = plan(registry, [Selection("none")],
+                 [Selection("noise", {"eps": 0.05}), Selection("trash-bucket")])
+    keys = {c.attack.name: c.attack_seed_key for c in cells}
+    assert keys["noise"] == 'attack|noise{"eps": 0.05, "samples": 0}'
+    assert keys["trash-bucket"] == 'attack|trash-bucket{"samples": 1000}'
+    assert keys["clean"] == "attack|clean{}"
+    # the renamed parameter still moves the seed, under its old name
+    _, fewer = plan(registry, [Selection("none")],
+                    [Selection("noise", {"eps": 0.05, "rows": 10})])
+    assert fewer.attack_seed_key == 'attack|noise{"eps": 0.05, "samples": 10}'
