@@ -10,7 +10,9 @@ executor (a process pool, Ray) implements the same method without touching plugi
 each worker builds its runner with :meth:`Runner.from_config` from the audit's config
 (plain data) and calls :meth:`Runner.run_cell`; a cell's seeds depend on its points
 only, never on which cells ran before it or where, so the numbers are those of a
-serial run. ``on_result`` is then called in the parent as results arrive.
+serial run. ``on_result`` is then called in the parent as results arrive. (An audit of
+an in-memory model or Dataset has no config to rebuild them from: there a parallel
+executor must ship the model itself, or run serially.)
 """
 from __future__ import annotations
 
