@@ -92,7 +92,7 @@ class MembershipAttack(Attack):
     outcome = MembershipOutcome
 
     members: int = param(0, "members drawn, and as many non-members (0: as many as the "
-                            "data allows); half of each calibrates the threshold", ge=0)
+                            "data allows)", ge=0)
 
     def scores(self, model: Model, x: np.ndarray, y: np.ndarray,
                rng: np.random.Generator) -> np.ndarray:
