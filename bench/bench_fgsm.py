@@ -79,7 +79,9 @@ def torch_loop(model: Any, x: np.ndarray, y: np.ndarray, eps: float, batch_size:
     import torch
     import torch.nn.functional as F
 
-    module, (low, high) = model.module, model.clip_values
+    # The base module itself, as a user holding the weights would write it (the core's
+    # internal name for it; plugins reach the model only through the Model's methods).
+    module, (low, high) = model._base, model.clip_values
     correct = 0
     for start in range(0, len(x), batch_size):
         xb = torch.from_numpy(x[start : start + batch_size]).requires_grad_(True)

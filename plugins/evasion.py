@@ -21,11 +21,12 @@ outside this plugin:
   outcome carries cost one more forward pass, where ``loss_gradient`` hands the base
   those of the forward pass the gradient needs anyway.
 
-Measured with the benchmark before the core redesign (builtin CNN, 5,000 rows, batch
-256, 2 CPU cores), relative to the hand-written loop: on digits ART direct took
-1.7-2.4x, ART with frozen weights and no clean pass still ~1.5x, this cell 1.00x (one
-torch thread; 1.03-1.13x with two on a shared machine); on Fashion-MNIST ART 1.19x, this
-cell 0.99x. ``tests/plugins/test_evasion.py`` checks the step against ART's
+Measured with the benchmark after the core redesign (builtin CNN, 5,000 rows, batch 256,
+2 CPU cores, medians of 9 rounds), relative to the hand-written loop: on digits this cell
+1.05x with two torch threads and 1.00x with one (ART direct 1.10x and 1.12x); on
+Fashion-MNIST 1.00x with two threads (ART 1.06x) and 0.97x with one (ART 1.10x). Before
+the Model froze the weights, ART direct also back-propagated into them: 1.7-2.4x on digits.
+``tests/plugins/test_evasion.py`` checks the step against ART's
 ``FastGradientMethod`` and against an independent hand-written loop.
 """
 from __future__ import annotations
