@@ -43,7 +43,17 @@ from gauntlet.params import Param, param  # noqa: E402
 from gauntlet.poisoning import PoisonedSet, PoisoningAttack  # noqa: E402
 from gauntlet.probe import ProbeAttack  # noqa: E402
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version("ml-gauntlet")
+    except md.PackageNotFoundError:  # run from a source tree without installing
+        return "0.1.0"
+
+
+__version__ = _version()
 
 
 def audit(*args, **kwargs):  # type: ignore[no-untyped-def]

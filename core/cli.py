@@ -251,8 +251,8 @@ def format_scan(report: dict[str, Any]) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from gauntlet.api import AuditResult
     from gauntlet.registry import make_registry
+    from gauntlet.results import AuditResult
 
     path = Path(args.results)
     try:
