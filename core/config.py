@@ -142,7 +142,7 @@ def _section(raw: Mapping[str, Any], key: str, default: str,
 # error that would lock such loaders out.
 MODEL_OPTIONS = ("arch", "epochs", "lr", "seed", "input_shape", "n_classes", "clip_values",
                  "output", "output_name")
-DATA_OPTIONS = ("split_seed", "test_size")
+DATA_OPTIONS = ("split_seed", "test_size", "limit_train", "limit_test")
 
 
 def _warn_unread(options: Mapping[str, Any], known: Sequence[str], table: str) -> None:
