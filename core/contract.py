@@ -142,3 +142,30 @@ def check_outcome(owner: str, outcome: Outcome, n_rows: int, n_classes: int) -> 
     if rows and max(rows.values()) > n_rows:
         raise ContractError(f"{owner} returned {max(rows.values())} rows, but it was given "
                             f"{n_rows} test rows to attack")
+
+
+#: Inputs a plugin makes may leave the valid range by this much (float rounding), no more.
+CLIP_TOLERANCE = 1e-5
+
+
+def returned_array(error: type[Exception], owner: str, call: str, value: object,
+                   dtype: type, what: str) -> np.ndarray:
+    """``value`` (what ``owner``'s ``call`` returned) as a finite ``dtype`` array, or
+    ``error`` naming the plugin and the fault. Shared by the family bases."""
+    try:
+        out: np.ndarray = np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise error(f"{owner}: {call} returned {type(value).__name__}, not an array: "
+                    f"{exc}") from None
+    if not np.isfinite(out).all():
+        raise error(f"{owner}: {call} returned non-finite {what} (NaN or inf)")
+    return out
+
+
+def check_in_range(error: type[Exception], owner: str, call: str, x: np.ndarray,
+                   clip_values: tuple[float, float]) -> None:
+    """Raise ``error`` unless the inputs ``x`` lie in the model's valid range."""
+    low, high = clip_values
+    if x.size and (x.min() < low - CLIP_TOLERANCE or x.max() > high + CLIP_TOLERANCE):
+        raise error(f"{owner}: {call} returned inputs in [{x.min():g}, {x.max():g}], "
+                    f"outside the valid range [{low:g}, {high:g}]; clip them")

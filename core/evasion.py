@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from gauntlet.attack import Attack, Family
+from gauntlet.contract import check_in_range, returned_array
 from gauntlet.errors import GauntletError
 from gauntlet.model import measure
 from gauntlet.outcome import EvasionOutcome
@@ -24,10 +25,6 @@ from gauntlet.params import param
 if TYPE_CHECKING:
     from gauntlet.dataset import Dataset
     from gauntlet.model import Model
-
-#: Inputs may leave the valid range by this much (float rounding), no more.
-CLIP_TOLERANCE = 1e-5
-
 
 class EvasionOutcomeError(GauntletError):
     """``generate`` returned something that is not a batch of adversarial inputs."""
@@ -101,23 +98,12 @@ class EvasionAttack(Attack):
 
     def _checked(self, x_adv: object, x: np.ndarray, model: Model) -> np.ndarray:
         """``x_adv`` as float32, or EvasionOutcomeError naming the attack and the fault."""
-        owner = self.owner()
-        try:
-            out = np.asarray(x_adv, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise EvasionOutcomeError(f"{owner}: generate() returned "
-                                      f"{type(x_adv).__name__}, not an array: {exc}") from None
+        owner, call = self.owner(), "generate()"
+        out = returned_array(EvasionOutcomeError, owner, call, x_adv, np.float32, "inputs")
         if out.shape != x.shape:
             raise EvasionOutcomeError(f"{owner}: generate() returned shape {out.shape} for "
                                       f"inputs shaped {x.shape}")
-        if not np.isfinite(out).all():
-            raise EvasionOutcomeError(f"{owner}: generate() returned non-finite inputs "
-                                      "(NaN or inf)")
-        low, high = model.clip_values
-        if out.size and (out.min() < low - CLIP_TOLERANCE or out.max() > high + CLIP_TOLERANCE):
-            raise EvasionOutcomeError(
-                f"{owner}: generate() returned inputs in [{out.min():g}, {out.max():g}], "
-                f"outside the valid range [{low:g}, {high:g}]; clip them")
+        check_in_range(EvasionOutcomeError, owner, call, out, model.clip_values)
         return out
 
     @contextlib.contextmanager

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gauntlet.attack import Attack, Family
+from gauntlet.contract import returned_array
 from gauntlet.errors import GauntletError, NotApplicable
 from gauntlet.model import Access
 from gauntlet.outcome import MembershipOutcome
@@ -125,16 +126,9 @@ class MembershipAttack(Attack):
 
     def _checked(self, scores: object, rows: np.ndarray) -> np.ndarray:
         """``scores`` as float64, or MembershipScoresError naming the attack and the fault."""
-        owner = self.owner()
-        try:
-            out = np.asarray(scores, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise MembershipScoresError(f"{owner}: scores() returned {type(scores).__name__}, "
-                                        f"not an array of numbers: {exc}") from None
+        out = returned_array(MembershipScoresError, self.owner(), "scores()", scores,
+                             np.float64, "scores")
         if out.shape != (len(rows),):
-            raise MembershipScoresError(f"{owner}: scores() returned shape {out.shape} for "
-                                        f"{len(rows)} rows; expected one score per row")
-        if not np.isfinite(out).all():
-            raise MembershipScoresError(f"{owner}: scores() returned non-finite scores "
-                                        "(NaN or inf)")
+            raise MembershipScoresError(f"{self.owner()}: scores() returned shape {out.shape} "
+                                        f"for {len(rows)} rows; expected one score per row")
         return out

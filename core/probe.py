@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gauntlet.attack import Attack, Family
+from gauntlet.contract import check_in_range, returned_array
 from gauntlet.errors import GauntletError
 from gauntlet.model import Access, measure
 from gauntlet.outcome import ProbeOutcome
@@ -20,10 +21,6 @@ from gauntlet.outcome import ProbeOutcome
 if TYPE_CHECKING:
     from gauntlet.dataset import Dataset
     from gauntlet.model import Model
-
-#: Inputs may leave the valid range by this much (float rounding), no more.
-CLIP_TOLERANCE = 1e-5
-
 
 class ProbeInputsError(GauntletError):
     """``inputs`` returned something that is not a batch of valid model inputs."""
@@ -58,20 +55,10 @@ class ProbeAttack(Attack):
 
     def _checked(self, x: object, model: Model) -> np.ndarray:
         """``x`` as float32, or ProbeInputsError naming the attack and the fault."""
-        owner = self.owner()
-        try:
-            out = np.asarray(x, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise ProbeInputsError(f"{owner}: inputs() returned {type(x).__name__}, not an "
-                                   f"array: {exc}") from None
+        owner, call = self.owner(), "inputs()"
+        out = returned_array(ProbeInputsError, owner, call, x, np.float32, "inputs")
         if out.ndim != len(model.input_shape) + 1 or out.shape[1:] != model.input_shape:
             raise ProbeInputsError(f"{owner}: inputs() returned shape {out.shape}; the model "
                                    f"takes (N, {', '.join(map(str, model.input_shape))})")
-        if not np.isfinite(out).all():
-            raise ProbeInputsError(f"{owner}: inputs() returned non-finite inputs (NaN or inf)")
-        low, high = model.clip_values
-        if out.size and (out.min() < low - CLIP_TOLERANCE or out.max() > high + CLIP_TOLERANCE):
-            raise ProbeInputsError(
-                f"{owner}: inputs() returned inputs in [{out.min():g}, {out.max():g}], "
-                f"outside the valid range [{low:g}, {high:g}]; clip them")
+        check_in_range(ProbeInputsError, owner, call, out, model.clip_values)
         return out
