@@ -27,7 +27,7 @@ from gauntlet.extraction import ExtractionAttack  # noqa: E402
 from gauntlet.files import sha256_file  # noqa: E402
 from gauntlet.intake import Finding, ScanReport, read_model_file  # noqa: E402
 from gauntlet.membership import MembershipAttack  # noqa: E402
-from gauntlet.metric import Metric, MetricValue, proportion, wilson  # noqa: E402
+from gauntlet.metric import Fact, Metric, MetricValue, proportion, wilson  # noqa: E402
 from gauntlet.model import Access, Model, Recipe  # noqa: E402
 from gauntlet.outcome import (  # noqa: E402
     CleanOutcome,
@@ -38,6 +38,8 @@ from gauntlet.outcome import (  # noqa: E402
     PoisoningOutcome,
     Predictions,
     ProbeOutcome,
+    ServerViewOutcome,
+    TamperOutcome,
 )
 from gauntlet.params import Param, param  # noqa: E402
 from gauntlet.poisoning import PoisonedSet, PoisoningAttack  # noqa: E402
@@ -67,10 +69,10 @@ __all__ = [
     "AccessDenied", "EvasionAttack", "ExtractionAttack", "MembershipAttack", "Param",
     "PoisonedSet", "PoisoningAttack", "ProbeAttack", "param",
     "Access", "Attack", "CleanOutcome", "ConfigError", "DataError", "Dataset", "Defense",
-    "EvasionOutcome", "ExtractionOutcome", "Family", "Finding", "GauntletError",
+    "EvasionOutcome", "ExtractionOutcome", "Fact", "Family", "Finding", "GauntletError",
     "MembershipOutcome", "Metric", "MetricValue", "Model", "ModelLoadError", "NotApplicable",
     "Outcome", "PluginError", "PoisoningOutcome", "Predictions", "ProbeOutcome", "Recipe",
-    "ScanReport", "Stage",
+    "ScanReport", "ServerViewOutcome", "Stage", "TamperOutcome",
     "__version__", "audit", "hookimpl", "proportion", "read_model_file", "sha256_file",
     "wilson",
 ]

@@ -25,6 +25,7 @@ class Family(str, enum.Enum):
     INFERENCE = "inference"
     EXTRACTION = "extraction"
     PROBE = "probe"
+    CONFIDENTIALITY = "confidentiality"  # what the serving side learns or changes
 
 
 class Attack(Parameterised):

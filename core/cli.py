@@ -130,7 +130,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     table = [(row["kind"], row["name"], row["group"],
-              f"{row['distribution']} {row['version']}".strip(), row["description"])
+              f"{row['distribution']} {row['version']}".strip(),
+              f"UNAVAILABLE: {row['unavailable']}" if row.get("unavailable")
+              else row["description"])
              for row in rows]
     header = ("KIND", "NAME", "FAMILY/STAGE", "FROM", "DESCRIPTION")
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(4)]

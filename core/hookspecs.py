@@ -117,6 +117,8 @@ def report_sections(result: Mapping[str, Any]) -> list[Mapping[str, str]] | None
         ``cells``, ``metrics``, ``provenance``, ``config``).
 
     Each section is a mapping with ``title`` and ``text``; both are rendered as escaped
-    text (a plugin never injects markup into a report). Sections from every plugin are
-    appended after the built-in ones; a plugin that raises is skipped and logged.
+    text (a plugin never injects markup into a report). An optional ``place`` of
+    ``"summary"`` shows the section inside the report's Summary, under "From the plugins"
+    (for a line or two a reader must not miss); any other section is appended after the
+    built-in ones. A plugin that raises is skipped and logged.
     """

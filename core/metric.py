@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING, ClassVar
 
 from gauntlet.errors import PluginError
+from gauntlet.outcome import CleanOutcome
 from gauntlet.params import summary
 
 if TYPE_CHECKING:
@@ -100,3 +101,20 @@ class Metric:
                 cls.bounds[0] < -1 or cls.bounds[1] > 1):
             raise PluginError(f"metric {cls.name!r}: a percent metric lies in [-1, 1], "
                               f"but its bounds are {cls.bounds}")
+
+
+class Fact(Metric):
+    """A measurement a serving wrapper makes of itself (latency, bytes, agreement),
+    reported in its defense's clean cell. Subclasses set ``name``, ``title`` (with the
+    unit), ``format``, ``higher_is_better`` and ``bounds``; the value is the one the
+    wrapper's :meth:`gauntlet.serving.Served.facts` returned under ``name``."""
+
+    applies_to = (CleanOutcome,)
+
+    def applies(self, outcome: Outcome) -> bool:
+        return self.name in getattr(outcome, "facts", {})
+
+    def compute(self, outcome: Outcome) -> MetricValue:
+        assert isinstance(outcome, CleanOutcome)
+        value = outcome.facts[self.name]
+        return value if isinstance(value, MetricValue) else MetricValue(float(value), 1)

@@ -84,10 +84,14 @@ class Layer:
     post: Transform | None = None
     gradient: Transform | None = None
     access: Access = Access.GRADIENTS
+    serve: Callable[[Any], Any] | None = None
 
 
-def _composed(base: Any, layers: tuple[Layer, ...], *, stand_ins: bool) -> Any:
-    """``base`` wrapped by each layer in turn (the last deployed layer is outermost)."""
+def _composed(base: Any, layers: tuple[Layer, ...], served: dict[int, Any], *,
+              stand_ins: bool) -> Any:
+    """``base`` wrapped by each layer in turn (the last deployed layer is outermost); a
+    wrapper layer replaces everything below it by the module it serves, built once per
+    composition into ``served`` (by layer index) and shared by both paths."""
     from torch import nn
 
     class Deployed(nn.Module):
@@ -119,8 +123,13 @@ def _composed(base: Any, layers: tuple[Layer, ...], *, stand_ins: bool) -> Any:
             return post(z) if post is not None else z
 
     module = base
-    for layer in layers:
-        module = Deployed(module, layer)
+    for i, layer in enumerate(layers):
+        if layer.serve is not None:
+            if i not in served:
+                served[i] = layer.serve(module)
+            module = served[i]
+        else:
+            module = Deployed(module, layer)
     return module
 
 
@@ -172,9 +181,27 @@ class Model:
         self._compose()
 
     def _compose(self) -> None:
-        self._forward = _composed(self._base, self._layers, stand_ins=False)
-        self._gradient_path = _composed(self._base, self._layers, stand_ins=True)
+        from gauntlet.serving import Served
+
+        served: dict[int, Any] = {}
+        self._forward = _composed(self._base, self._layers, served, stand_ins=False)
+        self._gradient_path = _composed(self._base, self._layers, served, stand_ins=True)
         self.access = min([self._base_access, *(layer.access for layer in self._layers)])
+        for module in served.values():
+            if not isinstance(module, Served):
+                raise TypeError(f"deploy(serve=...) built {type(module).__name__}, which "
+                                "is not a gauntlet.serving.Served module")
+        # The outermost wrapper serves the model, unless a later layer runs in the clear.
+        top = max(served, default=None)
+        self._served = served[top] if top is not None and top == len(self._layers) - 1 \
+            else None
+        limits = [m.rows for m in served.values() if m.rows is not None]
+        #: The most test rows an attack cell sends through this deployment (None: all).
+        self.row_limit: int | None = min(limits) if limits else None
+        if self._served is not None and self._served.batch_size:
+            self.batch_size = int(self._served.batch_size)
+        self._gradient_values_served = all(m.gradient_values_served
+                                           for m in served.values())
 
     def __repr__(self) -> str:
         return (
@@ -218,7 +245,8 @@ class Model:
         loss = F.cross_entropy(logits, torch.as_tensor(np.asarray(y, dtype=np.int64)))
         # autograd.grad asks for the input's gradient only: no weight gradient is computed.
         (grad,) = torch.autograd.grad(loss, xb)
-        self._remember(x, softmax(logits.detach().float().cpu().numpy()))
+        if self._gradient_values_served:
+            self._remember(x, softmax(logits.detach().float().cpu().numpy()))
         return grad.cpu().numpy()
 
     def differentiable(self) -> torch.nn.Module:
@@ -257,7 +285,8 @@ class Model:
 
     # -- what defenses use -----------------------------------------------------------
     def deploy(self, *, pre: Transform | None = None, post: Transform | None = None,
-               access: Access | None = None, gradient: Transform | None = None) -> Model:
+               access: Access | None = None, gradient: Transform | None = None,
+               serve: Callable[[Any], Any] | None = None) -> Model:
         """This model behind one more defense, as a new Model (this one is unchanged).
 
         :param pre: applied to each input batch (a torch tensor) before the model.
@@ -267,13 +296,20 @@ class Model:
         :param gradient: a differentiable stand-in for ``pre`` that gradient attacks use
             in the backward pass (BPDA), e.g. ``lambda x: x`` for a non-differentiable
             pre-processing that leaves inputs roughly unchanged.
+        :param serve: for a defense that changes how the model is served (stage
+            ``wrapper``, e.g. encrypted inference): called with the module below it, it
+            returns a :class:`gauntlet.serving.Served` torch module that serves in its
+            place. Not combined with ``pre``/``post`` (deploy twice instead).
 
         The deployment is kept as data: :meth:`with_module` puts the same defenses
         around a re-trained base, as poisoning needs.
         """
         if gradient is not None and pre is None:
             raise TypeError("deploy(gradient=...) stands in for pre; there is no pre")
-        layer = Layer(pre=pre, post=post, gradient=gradient,
+        if serve is not None and (pre is not None or post is not None):
+            raise TypeError("deploy(serve=...) replaces the model; give pre/post to "
+                            "another deploy() call")
+        layer = Layer(pre=pre, post=post, gradient=gradient, serve=serve,
                       access=Access(access) if access is not None else Access.GRADIENTS)
         return self._derived(self._base, self._layers + (layer,))
 
@@ -288,6 +324,37 @@ class Model:
         new._layers = layers
         new._compose()
         return new
+
+    # -- what the serving side sees and does (confidentiality attacks) ---------------
+    @property
+    def exposes_inputs(self) -> bool:
+        """Whether the server of this deployment receives inputs in the clear."""
+        return self._served is None or self._served.exposes_inputs
+
+    def server_view(self, x: np.ndarray) -> np.ndarray:
+        """Per row, numbers describing what the server receives when it serves that row
+        (the input itself when served in the clear), shape ``(N, k)``. The evaluator's
+        look at the wire, not a query: not counted."""
+        x = np.asarray(x, dtype=np.float32)
+        if self._served is None:
+            return x.reshape(len(x), -1)
+        return np.asarray(self._served.observe(x))
+
+    def tampered(self, x: np.ndarray, shift: np.ndarray) -> np.ndarray:
+        """The labels the client receives for ``x`` when a malicious server adds ``shift``
+        (one value per class) to the answer it returns. Counted as queries."""
+        self.queries += len(x)
+        shift = np.asarray(shift, dtype=np.float64).reshape(1, -1)
+        if self._served is None:  # in the clear, the server returns anything it likes
+            logits = _logits(self, x).astype(np.float64) + shift
+        else:
+            logits = np.asarray(self._served.tamper(np.asarray(x, np.float32), shift))
+        return logits.argmax(axis=1).astype(np.int64)
+
+    def deployment_facts(self, x: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+        """What the serving wrapper measured of itself on the clean rows ``x`` (served
+        ``scores``), as MetricValues by metric name; empty when served in the clear."""
+        return {} if self._served is None else dict(self._served.facts(x, scores))
 
     # -- what attacks need ----------------------------------------------------------
     def require(self, access: Access) -> None:

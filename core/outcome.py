@@ -63,7 +63,13 @@ class Predictions(Outcome):
 
 @dataclasses.dataclass
 class CleanOutcome(Predictions):
-    """The defended model on unmodified test inputs: the baseline of every row."""
+    """The defended model on unmodified test inputs: the baseline of every row.
+
+    :param facts: what a serving wrapper measured of itself on these rows (agreement,
+        latency, bytes), as MetricValues by metric name; see :class:`gauntlet.Fact`.
+    """
+
+    facts: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -265,3 +271,52 @@ class ExtractionOutcome(Outcome):
     def per_row(self) -> dict[str, np.ndarray]:
         rows = self.rows if self.rows is not None else np.arange(self.n, dtype=np.int64)
         return {"row": rows, "agree": self.agree, "substitute_correct": self.substitute_correct}
+
+
+@dataclasses.dataclass
+class ServerViewOutcome(Outcome):
+    """What a curious server learns about the inputs it serves.
+
+    :param served: per row, the label the deployment served.
+    :param guessed: per row, the server's guess of that label from what it saw.
+    :param exposed: whether the server received the inputs in the clear.
+    """
+
+    served: np.ndarray
+    guessed: np.ndarray
+    exposed: bool
+
+    @property
+    def n(self) -> int:
+        return int(len(self.served))
+
+    def per_row(self) -> dict[str, np.ndarray]:
+        return {"row": np.arange(self.n, dtype=np.int64),
+                "recovered": np.asarray(self.served == self.guessed)}
+
+
+@dataclasses.dataclass
+class TamperOutcome(Outcome):
+    """What a malicious server makes the client receive.
+
+    :param target: the class the server pushes every answer towards.
+    :param served: per row, the label an honest server's answer gives.
+    :param received: per row, the label the client gets from the tampered answer.
+    """
+
+    target: int
+    served: np.ndarray
+    received: np.ndarray
+
+    @property
+    def moved(self) -> np.ndarray:
+        """Rows whose honest answer is not already the target: those tampering must move."""
+        return np.asarray(self.served != self.target)
+
+    @property
+    def n(self) -> int:
+        return int(self.moved.sum())
+
+    def per_row(self) -> dict[str, np.ndarray]:
+        rows = np.flatnonzero(self.moved).astype(np.int64)
+        return {"row": rows, "replaced": np.asarray(self.received[rows] == self.target)}

@@ -179,6 +179,11 @@ class Parameterised:
 
     kind: typing.ClassVar[str] = "component"
     name: typing.ClassVar[str] = ""
+    #: Modules the plugin needs beyond Gauntlet's own dependencies (import names), and
+    #: the extra of its distribution that installs them: without them the plugin is
+    #: listed as unavailable and its cells are "not applicable" with the install command.
+    requires: typing.ClassVar[tuple[str, ...]] = ()
+    extra: typing.ClassVar[str] = ""
 
     def __init__(self, **values: Any) -> None:
         point = self.resolve(values)
@@ -199,6 +204,18 @@ class Parameterised:
     def parameters(cls) -> dict[str, Param]:
         """Every declared parameter by name."""
         return declared(cls)
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this plugin cannot run here (a module it requires is missing), or None."""
+        import importlib.util
+
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        if not missing:
+            return None
+        how = (f'pip install "ml-gauntlet[{cls.extra}]"' if cls.extra
+               else "pip install " + " ".join(missing))
+        return (f"{cls.owner()} needs {', '.join(missing)}, which is not installed: {how}")
 
     @classmethod
     def owner(cls) -> str:

@@ -43,7 +43,9 @@ class Clean(Attack):
     def run(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> CleanOutcome:
         # The core's measurement, not an attacker's queries: uncounted, and one-hot for a
         # labels-only deployment (whose scores no one may see).
-        return CleanOutcome(y_true=dataset.y_test, proba=measure(model, dataset.x_test))
+        proba = measure(model, dataset.x_test)
+        return CleanOutcome(y_true=dataset.y_test, proba=proba,
+                            facts=model.deployment_facts(dataset.x_test, proba))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -96,6 +96,7 @@ class Entry:
         }
         if self.kind in ("attack", "defense"):
             row["parameters"] = [p.describe() for p in self.cls.parameters().values()]
+            row["unavailable"] = self.cls.unavailable()
         return row
 
     def details(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ on. Which cells run, in what order and where, is the executor's business
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import threading
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gauntlet.contract import ContractError, check_outcome, what
+from gauntlet.dataset import Dataset
 from gauntlet.errors import NotApplicable
 from gauntlet.model import Model
 from gauntlet.outcome import Outcome
@@ -29,7 +31,6 @@ from gauntlet.rows import pack
 if TYPE_CHECKING:
     from gauntlet.attack import Attack
     from gauntlet.config import AuditConfig
-    from gauntlet.dataset import Dataset
     from gauntlet.metric import Metric
     from gauntlet.registry import Registry
 
@@ -131,12 +132,17 @@ class Runner:
                                         f"{what(built)} from apply(), not a gauntlet.Model "
                                         "(build it with model.deploy(...))")
                 self._defended[key] = built
+            except NotApplicable as exc:
+                self._defended[key] = exc
+                log.info("defense %r does not apply to this model: %s", cell.defense.name, exc)
             except Exception as exc:  # noqa: BLE001 - recorded in every cell it affects
                 self._defended[key] = exc
                 where = f" ({cell.defense_point})" if cell.defense_point else ""
                 log.warning("defense %r%s failed to build; its cells are errors: %s: %s",
                             cell.defense.name, where, type(exc).__name__, exc)
         built = self._defended[key]
+        if isinstance(built, NotApplicable):  # e.g. a model the defense cannot serve
+            raise NotApplicable(f"defense {cell.defense.name!r}: {built}")
         if isinstance(built, ContractError):
             raise DefenseFailed(str(built)) from built
         if isinstance(built, BaseException):
@@ -155,13 +161,18 @@ class Runner:
         start = time.perf_counter()
         try:
             with deadline(self.timeout):
+                for cls in (cell.defense, cell.attack):
+                    why = cls.unavailable()
+                    if why:
+                        raise NotApplicable(why)
                 model = self.defended(cell)
                 attack = cell.attack(**cell.attack_params)
                 attack.check(model)
+                dataset = self.limited(model)
                 # Seeded by the attack point alone: common random numbers across defenses.
                 rng = seed_everything(derive_seed(self.seed, cell.attack_seed_key))
-                outcome = attack.run(model, self.dataset, rng)
-                self._measure(attack, model, outcome, result, cell.label)
+                outcome = attack.run(model, dataset, rng)
+                self._measure(attack, model, outcome, result, cell.label, len(dataset.x_test))
         except NotApplicable as exc:
             result.status, result.reason = "not_applicable", str(exc)
         except Exception as exc:  # noqa: BLE001 - a crashing plugin never ends the audit
@@ -176,8 +187,18 @@ class Runner:
         result.duration_s = round(time.perf_counter() - start, 4)
         return result
 
+    def limited(self, model: Model) -> Dataset:
+        """The evaluated data as a cell against ``model`` sees it: the first
+        ``model.row_limit`` test rows when its deployment declares a limit (encrypted
+        inference does), so every such cell evaluates a subset of every other cell's rows."""
+        limit = model.row_limit
+        if limit is None or limit >= len(self.dataset.x_test):
+            return self.dataset
+        return dataclasses.replace(self.dataset, x_test=self.dataset.x_test[:limit],
+                                   y_test=self.dataset.y_test[:limit])
+
     def _measure(self, attack: Attack, model: Model, outcome: Outcome, result: CellResult,
-                 label: str) -> None:
+                 label: str, n_test: int) -> None:
         owner = f"attack {attack.name!r}"
         expected = attack.outcome
         if not isinstance(outcome, Outcome) or (
@@ -186,7 +207,7 @@ class Runner:
             declared = expected.__name__ if isinstance(expected, type) else "an Outcome"
             raise ContractError(f"{owner} declares outcome {declared} but returned "
                                 f"{what(outcome)}")
-        check_outcome(owner, outcome, len(self.dataset.x_test), model.n_classes)
+        check_outcome(owner, outcome, n_test, model.n_classes)
         result.n = outcome.n
         for metric in self.metrics:
             if metric.applies(outcome):
