@@ -111,6 +111,7 @@ class DefenseNote:
     evaluation: str
     not_adaptive: bool
     clean_accuracy: str
+    row_limit: str = ""  # "Evaluated on the first N test rows ...", where it declares one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,10 +140,16 @@ class Provenance:
     config_json: str
 
 
+#: The ``place`` a plugin section names to be shown inside the Summary; a section with
+#: any other place (or none) is shown with the plugin sections at the end.
+SUMMARY = "summary"
+
+
 @dataclasses.dataclass(frozen=True)
 class Section:
     title: str
     text: str
+    place: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +167,8 @@ class ReportContext:
     errors: list[ProblemCell]
     provenance: Provenance
     intake: IntakeView
-    sections: list[Section]
+    sections: list[Section]  # shown at the end of the report
+    summary_sections: list[Section]  # place="summary": shown inside the Summary
     version: str
     legend: list[str]
 
@@ -294,6 +302,36 @@ def _problems(result: Mapping[str, Any], status: str) -> list[ProblemCell]:
             for c in result.get("cells", []) if c.get("status") == status]
 
 
+def _rows(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 \
+        else None
+
+
+def _row_limit(result: Mapping[str, Any], name: str) -> str:
+    """What the defense's ``rows`` parameter (its row limit, as each of its cells records
+    it) did to the evaluated rows; "" when it declares none."""
+    limits: dict[str, int] = {}
+    for c in result.get("cells", []):
+        if c.get("defense") == name and \
+                (rows := _rows((c.get("defense_params") or {}).get("rows"))) is not None:
+            limits.setdefault(c.get("defense_point") or "", rows)
+    if not limits:
+        return ""
+    n_eval = _rows(((result.get("provenance") or {}).get("data") or {}).get("n_eval"))
+    sentences = []
+    for rows in sorted(set(limits.values())):
+        points = [dp for dp, r in limits.items() if r == rows and dp]
+        at = f" at {', '.join(points)}" if len(set(limits.values())) > 1 and points else ""
+        if n_eval is not None and rows >= n_eval:
+            sentences.append(f"Its row limit ({rows:,}){at} is not reached: all {n_eval:,} "
+                             "test rows are evaluated.")
+        else:
+            of = f" of the {n_eval:,}" if n_eval is not None else ""
+            sentences.append(f"Evaluated on the first {rows:,}{of} test rows{at} (the "
+                             "defense's row limit).")
+    return " ".join(sentences)
+
+
 def _defenses(result: Mapping[str, Any]) -> list[DefenseNote]:
     declared = result.get("defenses", {})
     names = list(dict.fromkeys([*declared, *(d for d, _ in defense_keys(result))]))
@@ -309,7 +347,8 @@ def _defenses(result: Mapping[str, Any]) -> list[DefenseNote]:
         clean = ", ".join(f"{v} ({dp})" if dp else v for dp, v in accs) or "—"
         evaluation = _text(meta.get("evaluation"))
         notes.append(DefenseNote(name, _text(meta.get("stage")), _text(meta.get("description")),
-                                 evaluation, meta.get("adaptive") is False, clean))
+                                 evaluation, meta.get("adaptive") is False, clean,
+                                 _row_limit(result, name)))
     return notes
 
 
@@ -353,7 +392,11 @@ def _provenance(result: Mapping[str, Any]) -> Provenance:
 
 def build_context(result: Mapping[str, Any],
                   sections: Sequence[Mapping[str, str]] = ()) -> ReportContext:
-    """Everything the report shows, as plain formatted data."""
+    """Everything the report shows, as plain formatted data.
+
+    :param sections: plugin sections, each ``{"title", "text"}`` and optionally
+        ``"place": "summary"`` to be shown inside the Summary rather than at the end.
+    """
     prov = result.get("provenance") or {}
     model = prov.get("model") or {}
     data = prov.get("data") or {}
@@ -369,14 +412,16 @@ def build_context(result: Mapping[str, Any],
              ("Seed", _text(prov.get("seed")) or "—"),
              ("Run time", _seconds(prov.get("duration_s")))]
     legend = [colour(b / 4) for b in range(5)]
+    built = [Section(_text(s.get("title")) or "Plugin section", _text(s.get("text")),
+                     _text(s.get("place"))) for s in sections]
     return ReportContext(
         title=f"Gauntlet audit: {model_name}", model_name=model_name, data_name=data_name,
         facts=facts, counts=counts, findings=_findings(result), defenses=_defenses(result),
         groups=_groups(result), chart_groups=_chart_groups(result),
         not_applicable=_problems(result, "not_applicable"), errors=_problems(result, "error"),
         provenance=_provenance(result), intake=intake_view(result),
-        sections=[Section(_text(s.get("title")) or "Plugin section", _text(s.get("text")))
-                  for s in sections],
+        sections=[s for s in built if s.place != SUMMARY],
+        summary_sections=[s for s in built if s.place == SUMMARY],
         version=_text(prov.get("gauntlet")), legend=legend,
     )
 
