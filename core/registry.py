@@ -307,7 +307,8 @@ class Registry:
 
     def report_sections(self, result: Mapping[str, Any]) -> list[dict[str, str]]:
         """Every plugin's extra report sections for ``result`` (plain results.json data),
-        in plugin order, each as ``{"title", "text"}`` strings. A plugin that raises or
+        in plugin order, each as ``{"title", "text"}`` strings (plus ``"place"`` when the
+        plugin gave one). A plugin that raises or
         returns something malformed loses only its own sections (logged as a warning)."""
         sections: list[dict[str, str]] = []
         for info in self.plugins:
@@ -316,7 +317,8 @@ class Registry:
                 continue
             try:
                 got = self._only("report_sections", plugin)(result=result) or []
-                sections += [{"title": str(s["title"]), "text": str(s["text"])}
+                sections += [{"title": str(s["title"]), "text": str(s["text"]),
+                              **({"place": str(s["place"])} if s.get("place") else {})}
                              for got_one in got for s in (got_one or [])]
             except Exception:  # noqa: BLE001 - a report section never breaks the report
                 log.warning("report section of plugin %s failed", info.name, exc_info=True)

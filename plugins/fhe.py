@@ -25,8 +25,9 @@ Needs the ``fhe`` extra (``pip install "ml-gauntlet[fhe]"``: TenSEAL).
 """
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ from gauntlet import (
     proportion,
 )
 from gauntlet.errors import ConfigError
+from gauntlet.plugins._fhe_summary import summary_lines
 from gauntlet.serving import Served
 
 #: The largest total coefficient-modulus size (bits) for each polynomial degree at each
@@ -69,6 +71,8 @@ EXTRA = 'pip install "ml-gauntlet[fhe]"'
 #: How many input values of a row the server-view measurement encrypts and shows the
 #: server (each is one ciphertext, about 5 ms to encrypt): those that vary most.
 VIEW_VALUES = 8
+#: Distinct batches whose decrypted answers a deployment keeps (oldest dropped first).
+ANSWERS_KEPT = 16
 
 
 def security_bits(poly_degree: int, modulus_bits: int) -> int:
@@ -246,12 +250,20 @@ class EncryptedTwin(Served, nn.Module):
         self.batch_size = net.slots
         self.view_columns = view_columns
         self._facts: dict[str, MetricValue] | None = None
+        self._answers: dict[str, np.ndarray] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             return self.twin(x)  # type: ignore[no-any-return]
-        logits = self.net.logits(x.detach().cpu().numpy())
-        return torch.as_tensor(logits, dtype=torch.float32)
+        batch = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        # A batch served again (every cell measures the clean test rows) is answered from
+        # the decrypted result of its first encryption: same inputs, same deployment.
+        key = hashlib.sha256(str(batch.shape).encode() + batch.tobytes()).hexdigest()
+        if key not in self._answers:
+            if len(self._answers) >= ANSWERS_KEPT:
+                self._answers.pop(next(iter(self._answers)))
+            self._answers[key] = self.net.logits(batch)
+        return torch.as_tensor(self._answers[key], dtype=torch.float32)
 
     def tamper(self, x: np.ndarray, shift: np.ndarray) -> np.ndarray:
         return self.net.logits(x, shift=shift)
@@ -334,7 +346,9 @@ class FheDefense(Defense):
         "run white-box through the plaintext twin (the client owns its inputs, and the "
         "weights are not secret from the evaluator), and every prediction (clean, "
         "adversarial, membership scores, probes) is decrypted from real CKKS ciphertexts, "
-        "on the first `rows` test rows of the evaluated set. Membership inference runs on "
+        "on the first `rows` test rows of the evaluated set (a batch served again, like "
+        "the clean rows every cell measures, is answered from its first decryption). "
+        "Membership inference runs on "
         "the decrypted scores. server-view measures what the server learns; server-tamper "
         "shows that encryption does not make its answers trustworthy."
     )
@@ -498,3 +512,10 @@ def register_metrics(register: Callable[[type[Fact]], None]) -> None:
     for cls in FACTS:
         register(cls)
 
+
+
+@hookimpl
+def report_sections(result: Mapping[str, Any]) -> list[dict[str, str]]:
+    """FHE's three answers (same answers, what it costs, what it stops and what it does
+    not), one line each in the report's Summary, for every fhe defense point run."""
+    return summary_lines(result)
