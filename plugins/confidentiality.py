@@ -53,7 +53,7 @@ class ServerView(Attack):
     family = Family.CONFIDENTIALITY
     needs = Access.LABELS
     outcome = ServerViewOutcome
-    rows: int = param(50, "test rows looked at, and training rows whose served labels "
+    rows: int = param(40, "test rows looked at, and training rows whose served labels "
                       "the server is given (0: all test rows)", ge=0)
 
     def run(self, model: Model, dataset: Dataset,
@@ -82,10 +82,10 @@ class ServerView(Attack):
 
 
 class ServerTamper(Attack):
-    """A malicious server: it adds ``shift`` to the score of class ``target`` in every
-    answer it returns, and counts how often the client then receives ``target``.
+    """A malicious server: it pushes every answer it returns towards one class.
 
-    In the clear the server returns whatever it likes. Under encryption it adds a plain
+    It adds ``shift`` to the score of class ``target`` in every answer and counts how
+    often the client then receives ``target``. In the clear the server returns whatever it likes. Under encryption it adds a plain
     vector to the encrypted scores, which needs no key (CKKS is malleable by design):
     encryption hides the inputs, it does not make the answers trustworthy.
     """

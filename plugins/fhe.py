@@ -70,7 +70,7 @@ PASS_THROUGH = (nn.Flatten, nn.Dropout, nn.Identity)
 EXTRA = 'pip install "ml-gauntlet[fhe]"'
 #: How many input values of a row the server-view measurement encrypts and shows the
 #: server (each is one ciphertext, about 5 ms to encrypt): those that vary most.
-VIEW_VALUES = 8
+VIEW_VALUES = 4
 #: Distinct batches whose decrypted answers a deployment keeps (oldest dropped first).
 ANSWERS_KEPT = 16
 
