@@ -61,6 +61,7 @@ class SerialExecutor:
         from tqdm.auto import tqdm
 
         done = done or {}
+        runner.expect([cell for cell in cells if cell.id not in done])
         results = []
         live = self.progress and sys.stderr.isatty()
         # Warnings logged while the bar is up go through tqdm, so they do not tear it.

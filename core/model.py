@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import enum
 import hashlib
+import math
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     import torch
 
     from gauntlet.dataset import Dataset
+    from gauntlet.serving import Served
 
 
 class Access(enum.IntEnum):
@@ -44,20 +46,31 @@ class Recipe:
 
     Poisoning, shadow models and training-time defenses need it. ``build`` returns a
     fresh untrained module; ``fit`` trains it in place on ``(x, y)`` with the given seed.
-    Results are cached per training set and seed, so the same poisoned set is trained
-    once however many defenses are then stacked on top of it.
+    Results are cached per training set, seed and fit, so the same poisoned set is
+    trained once however many defenses are then stacked on top of it.
+
+    ``options`` holds the hyperparameters ``fit`` uses (``epochs``, ``lr``), for another
+    training procedure that keeps them: adversarial training passes its own fit to
+    :meth:`train` and reads the learning rate from here (its default when absent).
     """
 
     build: Callable[[], torch.nn.Module]
     fit: Callable[[torch.nn.Module, np.ndarray, np.ndarray, int], None]
     description: str = ""
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
     _cache: dict[str, torch.nn.Module] = dataclasses.field(default_factory=dict, repr=False)
 
-    def train(self, x: np.ndarray, y: np.ndarray, seed: int) -> torch.nn.Module:
-        key = _fingerprint(x, y, seed)
+    def train(self, x: np.ndarray, y: np.ndarray, seed: int,
+              fit: Callable[[torch.nn.Module, np.ndarray, np.ndarray, int], None] | None
+              = None) -> torch.nn.Module:
+        """A module built by ``build`` and trained on ``(x, y)`` by ``fit`` (this recipe's
+        own when None), cached. Another ``fit`` is part of the cache key through its
+        ``repr``, which must name it and every setting (a frozen dataclass's does, e.g.
+        :class:`gauntlet.training.AdversarialFit`)."""
+        key = _fingerprint(x, y, seed) + ("" if fit is None else f"|{fit!r}")
         if key not in self._cache:
             module = self.build()
-            self.fit(module, x, y, seed)
+            (fit or self.fit)(module, x, y, seed)
             module.eval()
             self._cache[key] = module
         return self._cache[key]
@@ -85,6 +98,8 @@ class Layer:
     gradient: Transform | None = None
     access: Access = Access.GRADIENTS
     serve: Callable[[Any], Any] | None = None
+    detect: Transform | None = None
+    eot: int = 1
 
 
 def _composed(base: Any, layers: tuple[Layer, ...], served: dict[int, Any], *,
@@ -106,6 +121,18 @@ def _composed(base: Any, layers: tuple[Layer, ...], served: dict[int, Any], *,
                     self.add_module(role, part)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            import torch
+
+            eot = self.layer.eot
+            if eot > 1 and stand_ins and torch.is_grad_enabled():
+                # EOT: the log of the mean probabilities over ``eot`` fresh draws, so the
+                # gradient is that of the expected probabilities. Predictions take one draw.
+                logp = torch.stack([torch.log_softmax(self._once(x), dim=1)
+                                    for _ in range(eot)])
+                return torch.logsumexp(logp, dim=0) - math.log(eot)
+            return self._once(x)
+
+        def _once(self, x: torch.Tensor) -> torch.Tensor:
             import torch
 
             pre, stand_in = self.layer.pre, self.layer.gradient
@@ -286,7 +313,8 @@ class Model:
     # -- what defenses use -----------------------------------------------------------
     def deploy(self, *, pre: Transform | None = None, post: Transform | None = None,
                access: Access | None = None, gradient: Transform | None = None,
-               serve: Callable[[Any], Any] | None = None) -> Model:
+               serve: Callable[[Any], Any] | None = None,
+               detect: Transform | None = None, eot: int = 1) -> Model:
         """This model behind one more defense, as a new Model (this one is unchanged).
 
         :param pre: applied to each input batch (a torch tensor) before the model.
@@ -300,6 +328,15 @@ class Model:
             ``wrapper``, e.g. encrypted inference): called with the module below it, it
             returns a :class:`gauntlet.serving.Served` torch module that serves in its
             place. Not combined with ``pre``/``post`` (deploy twice instead).
+        :param detect: a detector (stage ``detector``, e.g. MagNet): maps the batch that
+            reaches this layer (before ``pre``) to a boolean tensor, True for each row the
+            deployment rejects. Rejected rows are still classified; the evaluation reports
+            how many were rejected beside the accuracies (:meth:`rejects`).
+        :param eot: for a randomised defense, Expectation over Transformation (Athalye et
+            al., 2018): on the gradient path, this layer runs ``pre``, the model below and
+            ``post`` on ``eot`` fresh draws of the batch and outputs the log of their mean
+            probabilities, so gradient attacks follow the expected prediction. Predictions
+            (no gradient) still take one draw, as the deployment serves.
 
         The deployment is kept as data: :meth:`with_module` puts the same defenses
         around a re-trained base, as poisoning needs.
@@ -309,8 +346,17 @@ class Model:
         if serve is not None and (pre is not None or post is not None):
             raise TypeError("deploy(serve=...) replaces the model; give pre/post to "
                             "another deploy() call")
-        layer = Layer(pre=pre, post=post, gradient=gradient, serve=serve,
-                      access=Access(access) if access is not None else Access.GRADIENTS)
+        if serve is not None and detect is not None:
+            raise TypeError("deploy(serve=...) replaces the model; give detect to "
+                            "another deploy() call")
+        if isinstance(eot, bool) or not isinstance(eot, int) or eot < 1:
+            raise TypeError(f"deploy(eot=...) is a number of draws (an int >= 1), got {eot!r}")
+        if eot > 1 and serve is not None:
+            raise TypeError("deploy(eot=...) averages draws of pre/post; a served model has "
+                            "neither")
+        layer = Layer(pre=pre, post=post, gradient=gradient, serve=serve, detect=detect,
+                      access=Access(access) if access is not None else Access.GRADIENTS,
+                      eot=eot)
         return self._derived(self._base, self._layers + (layer,))
 
     def with_module(self, module: torch.nn.Module) -> Model:
@@ -325,7 +371,47 @@ class Model:
         new._compose()
         return new
 
+    # -- detectors -----------------------------------------------------------------------
+    @property
+    def detects(self) -> bool:
+        """Whether a layer of this deployment rejects inputs (see ``deploy(detect=...)``)."""
+        return any(layer.detect is not None for layer in self._layers)
+
+    def rejects(self, x: np.ndarray) -> np.ndarray | None:
+        """Per row of ``x``: does the deployment reject it? None when no layer detects.
+        Each detector sees the batch as it reaches its layer (after the pre-processing of
+        the layers deployed after it). Part of serving ``x``: not counted again."""
+        if not self.detects:
+            return None
+        import torch
+
+        rejected = np.zeros(len(x), dtype=bool)
+        with torch.no_grad():
+            for start in range(0, len(x), self.batch_size):
+                xb = _tensor(np.asarray(x[start:start + self.batch_size], np.float32))
+                hit = torch.zeros(len(xb), dtype=torch.bool)
+                for layer in reversed(self._layers):  # outermost first
+                    if layer.serve is not None:
+                        break  # below a wrapper, the server's own business
+                    if layer.detect is not None:
+                        hit |= torch.as_tensor(layer.detect(xb)).bool().reshape(-1)
+                    if layer.pre is not None:
+                        xb = layer.pre(xb)
+                rejected[start:start + len(hit)] = hit.numpy()
+        return rejected
+
     # -- what the serving side sees and does (confidentiality attacks) ---------------
+    @property
+    def served(self) -> Served | None:
+        """The wrapper module that serves this model (None: served in the clear)."""
+        return self._served
+
+    def _not_rehearsing(self) -> None:
+        from gauntlet.serving import Rehearsal
+
+        if self._served is not None and self._served.recording is not None:
+            raise Rehearsal("a rehearsal records answers only")
+
     @property
     def exposes_inputs(self) -> bool:
         """Whether the server of this deployment receives inputs in the clear."""
@@ -335,6 +421,7 @@ class Model:
         """Per row, numbers describing what the server receives when it serves that row
         (the input itself when served in the clear), shape ``(N, k)``. The evaluator's
         look at the wire, not a query: not counted."""
+        self._not_rehearsing()
         x = np.asarray(x, dtype=np.float32)
         if self._served is None:
             return x.reshape(len(x), -1)
@@ -343,6 +430,7 @@ class Model:
     def tampered(self, x: np.ndarray, shift: np.ndarray) -> np.ndarray:
         """The labels the client receives for ``x`` when a malicious server adds ``shift``
         (one value per class) to the answer it returns. Counted as queries."""
+        self._not_rehearsing()
         self.queries += len(x)
         shift = np.asarray(shift, dtype=np.float64).reshape(1, -1)
         if self._served is None:  # in the clear, the server returns anything it likes
@@ -354,6 +442,7 @@ class Model:
     def deployment_facts(self, x: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
         """What the serving wrapper measured of itself on the clean rows ``x`` (served
         ``scores``), as MetricValues by metric name; empty when served in the clear."""
+        self._not_rehearsing()
         return {} if self._served is None else dict(self._served.facts(x, scores))
 
     # -- what attacks need ----------------------------------------------------------

@@ -67,9 +67,17 @@ class CleanOutcome(Predictions):
 
     :param facts: what a serving wrapper measured of itself on these rows (agreement,
         latency, bytes), as MetricValues by metric name; see :class:`gauntlet.Fact`.
+    :param checks: the evaluation checklist's live measurements of the deployment on a
+        few clean rows (``{"gradients": {...} | None, "repeat": {...}}``, see
+        :class:`gauntlet.plan.Clean`); kept in the cell's artifacts for
+        :func:`gauntlet.checklist.checklist`.
     """
 
     facts: dict[str, Any] = dataclasses.field(default_factory=dict)
+    checks: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def artifacts(self) -> dict[str, Any]:
+        return {"checks": self.checks} if self.checks else {}
 
 
 @dataclasses.dataclass
@@ -84,6 +92,14 @@ class EvasionOutcome(Predictions):
     :param l2: per row, the Euclidean distance to the clean input.
     :param linf: per row, the largest change of any input value (L-infinity).
     :param queries: rows the attack sent to the model, counted by the Model.
+    :param proba_naive: for a defense that transforms inputs, probabilities of the
+        defended model on adversarial inputs made against the undefended model (the
+        attack ignores the defense: a naive evaluation), or None.
+    :param rejected: per row, did a detector of the deployment reject the adversarial
+        input? None when the deployment has no detector.
+    :param rejected_clean: the same for the clean inputs.
+    :param examples: a few rows to look at (``x``, ``x_adv``: nested lists of the first
+        rows' inputs, ``rows``: their indices), or None.
     """
 
     proba_clean: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
@@ -92,6 +108,17 @@ class EvasionOutcome(Predictions):
     l2: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
     linf: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
     queries: int | None = None
+    proba_naive: np.ndarray | None = None
+    rejected: np.ndarray | None = None
+    rejected_clean: np.ndarray | None = None
+    examples: dict[str, Any] | None = None
+
+    @property
+    def correct_naive(self) -> np.ndarray | None:
+        """Per row: right on the adversarial input made against the undefended model?"""
+        if self.proba_naive is None:
+            return None
+        return np.asarray(self.proba_naive.argmax(axis=1) == self.y_true)
 
     @property
     def correct_before(self) -> np.ndarray:
@@ -104,9 +131,21 @@ class EvasionOutcome(Predictions):
         return self.correct
 
     def per_row(self) -> dict[str, np.ndarray]:
-        return {"row": self.rows, "correct_before": self.correct_before,
-                "correct_after": self.correct_after, "l0": self.l0, "l2": self.l2,
-                "linf": self.linf}
+        out = {"row": self.rows, "correct_before": self.correct_before,
+               "correct_after": self.correct_after, "l0": self.l0, "l2": self.l2,
+               "linf": self.linf}
+        naive = self.correct_naive
+        if naive is not None:
+            out["correct_naive"] = naive
+        if self.rejected is not None and self.rejected_clean is not None:
+            out["rejected"] = self.rejected
+            out["rejected_clean"] = self.rejected_clean
+        return out
+
+    def artifacts(self) -> dict[str, Any]:
+        if not self.examples:
+            return {}
+        return {"examples": self.examples}
 
 
 @dataclasses.dataclass

@@ -14,14 +14,17 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gauntlet.attack import Family
 from gauntlet.contract import ContractError, check_outcome, what
 from gauntlet.dataset import Dataset
+from gauntlet.defense import Stage
 from gauntlet.errors import NotApplicable
+from gauntlet.evasion import EvasionAttack
 from gauntlet.model import Model
 from gauntlet.outcome import Outcome
 from gauntlet.plan import Cell, derive_seed
@@ -35,6 +38,11 @@ if TYPE_CHECKING:
     from gauntlet.registry import Registry
 
 log = logging.getLogger(__name__)
+
+
+#: Defenses whose evasion cells also report the naive robust accuracy: those that
+#: transform or screen the inputs, where ignoring the defense overstates it most.
+NAIVE_STAGES = (Stage.INPUT, Stage.DETECTOR)
 
 
 class CellTimeout(Exception):
@@ -106,6 +114,8 @@ class Runner:
         self.seed = seed
         self.timeout = timeout
         self._defended: dict[str, Model | BaseException] = {}
+        # Cells still to run, by defense, for deployments that rehearse (see expect()).
+        self._expected: dict[str, list[Cell]] = {}
 
     @classmethod
     def from_config(cls, cfg: AuditConfig, registry: Registry | None = None) -> Runner:
@@ -150,6 +160,59 @@ class Runner:
                                 f"{type(built).__name__}: {built}") from built
         return built
 
+    def expect(self, cells: Sequence[Cell]) -> None:
+        """Say which cells this runner will be asked to run (an executor does, before the
+        first). For a deployment that answers many rows per call for the price of one
+        (:attr:`gauntlet.serving.Served.pack`, e.g. encrypted inference), the first of
+        its cells rehearses them all and has their queries answered together."""
+        self._expected = {}
+        for cell in cells:
+            self._expected.setdefault(cell.defense_key, []).append(cell)
+
+    def _rehearse(self, cell: Cell) -> None:
+        """Run the expected cells of ``cell``'s defense once against a deployment that
+        records what they ask, then have it answer all of that in packed calls. The
+        outcomes are thrown away and nothing here can fail a cell: the cells then run as
+        usual, and a batch the rehearsal did not foresee is answered on its own."""
+        cells = self._expected.pop(cell.defense_key, None)
+        if not cells:
+            return
+        try:
+            model = self.defended(cell)
+        except Exception:  # noqa: BLE001 - the cell itself reports it
+            return
+        served = model.served
+        if served is None or served.pack <= 1:
+            return
+        # A poisoning cell re-trains the model, which a new module then serves.
+        cells = [c for c in cells if c.attack.family is not Family.POISONING
+                 and not c.attack.unavailable()]
+        start = time.perf_counter()
+        with served.rehearsing() as batches:
+            for each in cells:
+                try:
+                    with deadline(self.timeout):
+                        self._outcome(each, model)
+                except Exception as exc:  # noqa: BLE001 - a rehearsal is best effort
+                    log.debug("rehearsal of %s stopped: %s: %s", each.label,
+                              type(exc).__name__, exc)
+        rows = sum(len(b) for b in batches)
+        served.answer_many(batches)
+        log.info("defense %r: rehearsed %d cells, answered %d rows in %d batches together "
+                 "(%.1f s)", cell.defense.name, len(cells), rows, len(batches),
+                 time.perf_counter() - start)
+
+    def _outcome(self, cell: Cell, model: Model) -> tuple[Attack, Dataset, Outcome]:
+        attack = cell.attack(**cell.attack_params)
+        attack.check(model)
+        dataset = self.limited(model)
+        # Seeded by the attack point alone: common random numbers across defenses.
+        rng = seed_everything(derive_seed(self.seed, cell.attack_seed_key))
+        if isinstance(attack, EvasionAttack) and cell.defense.stage in NAIVE_STAGES:
+            # Also the naive number: the attack made against the undefended model.
+            return attack, dataset, attack.run(model, dataset, rng, naive=self.model)
+        return attack, dataset, attack.run(model, dataset, rng)
+
     def run_cell(self, cell: Cell) -> CellResult:
         """Run one cell; whatever happens, return its record (never raise)."""
         result = CellResult(
@@ -158,6 +221,8 @@ class Runner:
             family=cell.attack.family.value, attack_params=cell.attack_params,
             attack_point=cell.attack_point,
         )
+        if cell.defense_key in self._expected:
+            self._rehearse(cell)
         start = time.perf_counter()
         try:
             with deadline(self.timeout):
@@ -166,12 +231,7 @@ class Runner:
                     if why:
                         raise NotApplicable(why)
                 model = self.defended(cell)
-                attack = cell.attack(**cell.attack_params)
-                attack.check(model)
-                dataset = self.limited(model)
-                # Seeded by the attack point alone: common random numbers across defenses.
-                rng = seed_everything(derive_seed(self.seed, cell.attack_seed_key))
-                outcome = attack.run(model, dataset, rng)
+                attack, dataset, outcome = self._outcome(cell, model)
                 self._measure(attack, model, outcome, result, cell.label, len(dataset.x_test))
         except NotApplicable as exc:
             result.status, result.reason = "not_applicable", str(exc)

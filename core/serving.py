@@ -15,12 +15,20 @@ attack cell may send through it (:attr:`Served.rows`).
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
 
     from gauntlet.metric import MetricValue
+
+
+class Rehearsal(Exception):
+    """Raised when a rehearsed cell asks a deployment for something other than answers
+    (what the server sees, a tampered answer, its facts): the rehearsal of that cell
+    stops there, and the cell itself runs as usual."""
 
 
 class Served:
@@ -40,6 +48,29 @@ class Served:
     batch_size: int | None = None
     #: False when the forward pass under gradients is not what the deployment serves.
     gradient_values_served: bool = True
+    #: Rows this deployment answers for about the price of one when they come in one call
+    #: (encrypted inference: one row per CKKS slot). Above 1, the runner rehearses the
+    #: cells against it first (:meth:`rehearsing`) and has every batch they will ask for
+    #: answered together (:meth:`answer_many`), so a cell of 256 rows does not pay for
+    #: 4,096.
+    pack: int = 1
+    #: While rehearsing, the batches asked for so far (None otherwise).
+    recording: list[np.ndarray] | None = None
+
+    @contextlib.contextmanager
+    def rehearsing(self) -> Iterator[list[np.ndarray]]:
+        """Record instead of serve: while the block runs, ``forward`` without gradients
+        appends each batch to :attr:`recording` and returns stand-in logits (a subclass
+        with ``pack > 1`` implements this); the list is yielded."""
+        self.recording = []
+        try:
+            yield self.recording
+        finally:
+            self.recording = None
+
+    def answer_many(self, batches: list[np.ndarray]) -> None:
+        """Answer ``batches`` together (packed) and keep each answer for when that exact
+        batch is served. Default: nothing (a deployment with ``pack == 1``)."""
 
     def observe(self, x: np.ndarray) -> np.ndarray:
         """Per row of ``x``, numbers describing what the server receives when it serves

@@ -21,6 +21,7 @@ from gauntlet import (
     MembershipOutcome,
     Metric,
     MetricValue,
+    Outcome,
     PoisoningOutcome,
     Predictions,
     ProbeOutcome,
@@ -80,6 +81,71 @@ class RobustAccuracy(Metric):
 
     def compute(self, outcome: EvasionOutcome) -> MetricValue:  # type: ignore[override]
         return _accuracy(outcome)
+
+
+class NaiveRobustAccuracy(Metric):
+    """Accuracy of the defended model on adversarial inputs made against the undefended
+    model: what an evaluation that ignores the defense would report.
+
+    Measured for defenses that transform or screen inputs, beside the adaptive robust
+    accuracy; the gap is how much a naive evaluation overstates the defense (Athalye,
+    Carlini and Wagner, 2018, "Obfuscated Gradients Give a False Sense of Security").
+    """
+
+    name = "naive_robust_accuracy"
+    title = "Naive robust accuracy"
+    applies_to = (EvasionOutcome,)
+    higher_is_better = True
+    bounds = (0.0, 1.0)
+    format = "percent"
+
+    def applies(self, outcome: Outcome) -> bool:
+        return isinstance(outcome, EvasionOutcome) and outcome.proba_naive is not None
+
+    def compute(self, outcome: EvasionOutcome) -> MetricValue:  # type: ignore[override]
+        correct = outcome.correct_naive
+        assert correct is not None
+        return proportion(int(correct.sum()), len(correct))
+
+
+class DetectionRate(Metric):
+    """Share of adversarial inputs a detector of the deployment rejected.
+
+    Rejected rows are still classified, and the accuracies count them as classified:
+    read this beside the robust accuracy and the false rejection rate, never alone.
+    """
+
+    name = "detection_rate"
+    title = "Detection rate (adversarial)"
+    applies_to = (EvasionOutcome,)
+    higher_is_better = True
+    bounds = (0.0, 1.0)
+    format = "percent"
+
+    def applies(self, outcome: Outcome) -> bool:
+        return isinstance(outcome, EvasionOutcome) and outcome.rejected is not None
+
+    def compute(self, outcome: EvasionOutcome) -> MetricValue:  # type: ignore[override]
+        assert outcome.rejected is not None
+        return proportion(int(outcome.rejected.sum()), len(outcome.rejected))
+
+
+class FalseRejectionRate(Metric):
+    """Share of clean inputs a detector of the deployment rejected (its cost to users)."""
+
+    name = "false_rejection_rate"
+    title = "False rejection rate (clean)"
+    applies_to = (EvasionOutcome,)
+    higher_is_better = False
+    bounds = (0.0, 1.0)
+    format = "percent"
+
+    def applies(self, outcome: Outcome) -> bool:
+        return isinstance(outcome, EvasionOutcome) and outcome.rejected_clean is not None
+
+    def compute(self, outcome: EvasionOutcome) -> MetricValue:  # type: ignore[override]
+        assert outcome.rejected_clean is not None
+        return proportion(int(outcome.rejected_clean.sum()), len(outcome.rejected_clean))
 
 
 class AttackSuccessRate(Metric):
@@ -378,7 +444,8 @@ class ProbeConfidence(Metric):
 
 
 METRICS: tuple[type[Metric], ...] = (
-    CleanAccuracy, RobustAccuracy, AttackSuccessRate, Precision, Recall, F1, Confidence,
+    CleanAccuracy, RobustAccuracy, NaiveRobustAccuracy, DetectionRate, FalseRejectionRate,
+    AttackSuccessRate, Precision, Recall, F1, Confidence,
     PoisonedAccuracy, AccuracyDrop, MembershipAccuracy, MembershipAdvantage, MembershipAUC,
     TopClassShare, PredictionEntropy, ProbeConfidence,
 )

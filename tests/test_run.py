@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from conftest import plugin
 
 import gauntlet
@@ -30,6 +31,7 @@ from gauntlet.plan import Cell, Selection, plan
 from gauntlet.registry import make_registry
 from gauntlet.rows import unpack
 from gauntlet.run import Runner
+from gauntlet.serving import Served
 
 
 class Accuracy(Metric):
@@ -202,6 +204,12 @@ def test_common_random_numbers_across_defenses(digits, digits_model):
     assert set(rows[0]) == {"row", "correct_before", "correct_after", "l0", "l2", "linf"}
     for name in rows[0]:
         np.testing.assert_array_equal(rows[0][name], rows[1][name], err_msg=name)
+    # An input defense also reports the naive number: the attack made against the
+    # undefended model with the same draws, which for a defense that changes nothing is
+    # the adaptive number, row by row.
+    naive = identity["metrics"].pop("naive_robust_accuracy")
+    np.testing.assert_array_equal(rows[1]["correct_naive"], rows[1]["correct_after"])
+    assert naive == identity["metrics"]["robust_accuracy"]
     assert none["metrics"] == identity["metrics"]
     assert rows[0]["l2"].min() > 0  # the noise really drew something to compare
 
@@ -472,3 +480,103 @@ def test_a_worker_rebuilds_the_runner_from_plain_data_and_gets_the_same_numbers(
         want = by_id[cell["id"]]
         assert cell["status"] == want["status"] == "ok"
         assert cell["metrics"] == want["metrics"], cell["id"]
+
+
+# -- rehearsal: a deployment that packs many rows per call ---------------------------
+
+
+class Packed(Served, torch.nn.Module):
+    """Serves ``inner`` and counts its calls; answers rehearsed batches from one packed
+    call, like encrypted inference (whose calls cost the same for 1 row or 4,096)."""
+
+    pack = 4096
+
+    def __init__(self, inner):
+        torch.nn.Module.__init__(self)
+        self.inner = inner
+        self.calls = 0
+        self.answers = {}
+        self.recorded = []
+
+    def forward(self, x):
+        if self.recording is not None:
+            self.recording.append(x.numpy().copy())
+            self.recorded.append(len(x))
+            return torch.zeros(len(x), 10)  # a stand-in: deliberately wrong answers
+        key = x.numpy().tobytes()
+        if key not in self.answers:
+            self.calls += 1
+            self.answers[key] = self.inner(x)
+        return self.answers[key]
+
+    def answer_many(self, batches):
+        self.calls += 1
+        together = self.inner(torch.as_tensor(np.concatenate(batches)))
+        start = 0
+        for b in batches:
+            self.answers[b.tobytes()] = together[start:start + len(b)]
+            start += len(b)
+
+
+class Packs(Defense):
+    """Serves the model through :class:`Packed`.
+
+    Test defense.
+    """
+
+    name = "packs"
+    stage = Stage.WRAPPER
+    adaptive = True
+
+    def apply(self, model, dataset, rng):
+        type(self).served = []
+
+        def build(inner):
+            served = Packed(inner)
+            type(self).served.append(served)
+            return served
+        return model.deploy(serve=build)
+
+
+class Watches(Attack):
+    """Looks at what the server sees, then at the labels.
+
+    Test attack: a cell a rehearsal cannot record past its first step.
+    """
+
+    name = "watches"
+    family = Family.CONFIDENTIALITY
+    outcome = CleanOutcome
+
+    def run(self, model, dataset, rng):
+        model.server_view(dataset.x_test[:2])
+        return CleanOutcome(y_true=dataset.y_test, proba=model.predict(dataset.x_test))
+
+
+def test_a_packing_deployment_answers_the_rehearsed_cells_in_one_call(digits, digits_model):
+    test = plugin("test", RandomSign, Packs, NoDefense, Watches, Accuracy)
+    registry = make_registry(entrypoints=False, plugins={"test": test})
+    data = digits.subsample_test(80, 0)
+    cells = plan(registry, [Selection("nothing"), Selection("packs")],
+                 [Selection("random-sign"), Selection("watches")])
+    packed = [c for c in cells if c.defense.name == "packs"]
+    assert len(packed) == 4  # clean, random-sign at two eps, watches
+
+    # Without an executor that says what is coming, every batch is its own call ...
+    alone = Runner(digits_model, data, registry.metrics.values(), seed=0)
+    one_by_one = {c.id: alone.run_cell(c) for c in cells}
+    assert Packs.served[0].calls == 3  # clean rows (once, then remembered), two eps
+    # ... with one, the first cell rehearses all four and one packed call answers them.
+    results = SerialExecutor(progress=False).run(
+        Runner(digits_model, data, registry.metrics.values(), seed=0), cells)
+    served = Packs.served[0]
+    assert served.recorded and served.calls == 1
+    # Same numbers either way: the stand-in answers of the rehearsal never reach a cell,
+    # and the cell the rehearsal could not finish (it looks at the wire) runs in full.
+    for r in results:
+        assert r.status == "ok", r.reason
+        assert r.metrics == one_by_one[r.id].metrics
+    def acc(defense):
+        return {(r.attack, r.attack_point): r.metrics["acc"]["value"]
+                for r in results if r.defense == defense}
+    assert acc("packs") == acc("nothing")
