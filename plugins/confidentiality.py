@@ -85,9 +85,10 @@ class ServerTamper(Attack):
     """A malicious server: it pushes every answer it returns towards one class.
 
     It adds ``shift`` to the score of class ``target`` in every answer and counts how
-    often the client then receives ``target``. In the clear the server returns whatever it likes. Under encryption it adds a plain
-    vector to the encrypted scores, which needs no key (CKKS is malleable by design):
-    encryption hides the inputs, it does not make the answers trustworthy.
+    often the client then receives ``target``. In the clear the server returns whatever
+    it likes. Under encryption it adds a plain vector to the encrypted scores, which
+    needs no key (CKKS is malleable by design): encryption hides the inputs, it does
+    not make the answers trustworthy.
     """
 
     name = "server-tamper"

@@ -72,7 +72,7 @@ EXTRA = 'pip install "ml-gauntlet[fhe]"'
 #: server (each is one ciphertext, about 5 ms to encrypt): those that vary most.
 VIEW_VALUES = 4
 #: Distinct batches whose decrypted answers a deployment keeps (oldest dropped first).
-ANSWERS_KEPT = 16
+ANSWERS_KEPT = 256
 
 
 def security_bits(poly_degree: int, modulus_bits: int) -> int:
@@ -194,6 +194,8 @@ class CkksNet:
                                   coeff_mod_bit_sizes=self.modulus)
         self.context.global_scale = 2.0 ** scale_bits
         self.context.generate_relin_keys()  # squares need them; no rotation keys needed
+        #: Seconds, upload bytes and download bytes of the first full batch served.
+        self.full_pack: tuple[float, int, int] | None = None
 
     def encrypt(self, x: np.ndarray) -> Any:
         """The client's upload: one ciphertext per input value, one slot per row."""
@@ -220,17 +222,27 @@ class CkksNet:
 
     def logits(self, x: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
         """Encrypt, evaluate, (optionally let the server add ``shift`` to the encrypted
-        scores) and decrypt, ``slots`` rows per ciphertext."""
+        scores) and decrypt, ``slots`` rows per ciphertext. The first full ciphertext
+        batch is timed and its sizes kept in :attr:`full_pack`."""
         import tenseal as ts
 
         out = []
         for start in range(0, len(x), self.slots):
             chunk = x[start:start + self.slots]
-            enc = self.evaluate(self.encrypt(chunk))
+            began = time.perf_counter()
+            upload = self.encrypt(chunk)
+            enc = self.evaluate(upload)
             if shift is not None:  # adding a plaintext to a ciphertext needs no key
                 enc = enc + ts.plain_tensor([np.asarray(shift, float).ravel().tolist()])
             out.append(self.decrypt(enc, len(chunk)))
+            if self.full_pack is None and shift is None and len(chunk) == self.slots:
+                self.full_pack = (time.perf_counter() - began, len(upload.serialize()),
+                                  len(enc.serialize()))
         return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def _content_key(batch: np.ndarray) -> str:
+    return hashlib.sha256(str(batch.shape).encode() + batch.tobytes()).hexdigest()
 
 
 class EncryptedTwin(Served, nn.Module):
@@ -248,6 +260,7 @@ class EncryptedTwin(Served, nn.Module):
         self.net = net
         self.rows = rows
         self.batch_size = net.slots
+        self.pack = net.slots
         self.view_columns = view_columns
         self._facts: dict[str, MetricValue] | None = None
         self._answers: dict[str, np.ndarray] = {}
@@ -256,14 +269,38 @@ class EncryptedTwin(Served, nn.Module):
         if torch.is_grad_enabled() and x.requires_grad:
             return self.twin(x)  # type: ignore[no-any-return]
         batch = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        if self.recording is not None:  # a rehearsal: note the batch, answer in plaintext
+            self.recording.append(batch)
+            with torch.no_grad():
+                return self.twin(x)  # type: ignore[no-any-return]
         # A batch served again (every cell measures the clean test rows) is answered from
         # the decrypted result of its first encryption: same inputs, same deployment.
-        key = hashlib.sha256(str(batch.shape).encode() + batch.tobytes()).hexdigest()
+        key = _content_key(batch)
         if key not in self._answers:
-            if len(self._answers) >= ANSWERS_KEPT:
-                self._answers.pop(next(iter(self._answers)))
-            self._answers[key] = self.net.logits(batch)
+            self._keep(key, self.net.logits(batch))
         return torch.as_tensor(self._answers[key], dtype=torch.float32)
+
+    def answer_many(self, batches: list[np.ndarray]) -> None:
+        """Encrypt the batches the rehearsed cells will ask for together, ``slots`` rows
+        per ciphertext, and keep each batch's decrypted answer."""
+        todo: dict[str, np.ndarray] = {}
+        for batch in batches:
+            key = _content_key(batch)
+            if key not in self._answers:
+                todo[key] = batch
+        if not todo:
+            return
+        logits = self.net.logits(np.concatenate([b.reshape(len(b), -1)
+                                                 for b in todo.values()]))
+        start = 0
+        for key, batch in todo.items():
+            self._keep(key, logits[start:start + len(batch)])
+            start += len(batch)
+
+    def _keep(self, key: str, answer: np.ndarray) -> None:
+        if len(self._answers) >= ANSWERS_KEPT:
+            self._answers.pop(next(iter(self._answers)))
+        self._answers[key] = answer
 
     def tamper(self, x: np.ndarray, shift: np.ndarray) -> np.ndarray:
         return self.net.logits(x, shift=shift)
@@ -306,17 +343,14 @@ class EncryptedTwin(Served, nn.Module):
             self.net.logits(x[:1])
             facts["fhe_latency_single_ms"] = MetricValue(
                 1e3 * (time.perf_counter() - start), 1)
-            full = x[np.arange(self.net.slots) % n]
-            start = time.perf_counter()
-            enc = self.net.encrypt(full)
-            out = self.net.evaluate(enc)
-            self.net.decrypt(out, len(full))
-            took = time.perf_counter() - start
-            facts["fhe_latency_amortised_ms"] = MetricValue(1e3 * took / len(full), len(full))
-            facts["fhe_upload_bytes"] = MetricValue(len(enc.serialize()) / len(full),
-                                                    len(full))
-            facts["fhe_download_bytes"] = MetricValue(len(out.serialize()) / len(full),
-                                                      len(full))
+            if self.net.full_pack is None:  # usually measured on the rehearsed cells
+                self.net.logits(x[np.arange(self.net.slots) % n])
+            assert self.net.full_pack is not None
+            took, upload, download = self.net.full_pack
+            slots = self.net.slots
+            facts["fhe_latency_amortised_ms"] = MetricValue(1e3 * took / slots, slots)
+            facts["fhe_upload_bytes"] = MetricValue(upload / slots, slots)
+            facts["fhe_download_bytes"] = MetricValue(download / slots, slots)
         facts["fhe_security_bits"] = MetricValue(
             float(security_bits(self.net.poly_degree, sum(self.net.modulus))), 1)
         return facts

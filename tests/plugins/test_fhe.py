@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from gauntlet import Access, ConfigError, NotApplicable
+from gauntlet.executor import SerialExecutor
 from gauntlet.plan import Selection, plan
 from gauntlet.plugins import fhe
 from gauntlet.plugins.fhe import CkksNet, FheDefense, Square, compact, distill, mirror
@@ -195,3 +196,32 @@ def test_ckks_net_consumes_one_level_per_linear_layer_and_square():
     twin = compact(4, 3, 2)
     net = CkksNet(twin, 8192, 40, 49)
     assert net.levels == 3 and net.slots == 4096
+
+
+def test_an_audit_sends_its_cells_rows_in_one_encrypted_batch(monkeypatch, digits, defended,
+                                                             served):
+    """Five cells of ROWS rows each fit one ciphertext's slots: the executor's rehearsal
+    has them encrypted together, not one ~2 s batch per cell."""
+    registry = make_registry()
+    cells = plan(registry, [Selection("fhe", {"rows": ROWS, "steps": STEPS})],
+                 [Selection("fgsm", {"eps": [0.05, 0.1, 0.2]}), Selection("noise",
+                                                                          {"eps": 0.1})])
+    runner = Runner(defended, digits,
+                    [registry.metrics["clean_accuracy"], registry.metrics["robust_accuracy"]],
+                    seed=0)
+    runner._defended[cells[0].defense_key] = defended
+    monkeypatch.setattr(served, "_answers", {})
+    sizes: list[int] = []
+    logits = served.net.logits
+    monkeypatch.setattr(served.net, "logits",
+                        lambda x, shift=None: sizes.append(len(x)) or logits(x, shift))
+    results = SerialExecutor(progress=False).run(runner, cells)
+    assert [r.status for r in results] == ["ok"] * 5
+    # One batch for all five cells' rows; the rest are the clean cell's latency facts (one
+    # row alone, one full pack) when no earlier test measured them.
+    assert [n for n in sizes if 1 < n < served.net.slots] == [5 * ROWS]
+    clean = results[0]
+    x = digits.x_test[:ROWS]
+    by_hand = float((logits(x).argmax(1) == digits.y_test[:ROWS]).mean())
+    assert math.isclose(clean.metrics["clean_accuracy"]["value"], by_hand)
+    assert all(0 <= r.metrics["robust_accuracy"]["value"] <= 1 for r in results[1:])
