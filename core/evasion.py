@@ -70,12 +70,15 @@ class EvasionAttack(Attack):
         raise NotImplementedError
 
     def run(self, model: Model, dataset: Dataset, rng: np.random.Generator, *,
-            naive: Model | None = None) -> EvasionOutcome:
+            naive: Model | None = None,
+            naive_cache: dict[int, np.ndarray] | None = None) -> EvasionOutcome:
         """Attack the evaluated test rows in batches and measure the model on them.
 
         :param naive: the undefended model, when the runner also wants the naive number:
             the adversarial inputs this attack makes against ``naive`` (with the same
             random draws), measured on ``model``.
+        :param naive_cache: where the runner keeps those inputs for this attack point, by
+            row count, so every defense of the audit measures the same ones made once.
         """
         self.check(model)
         naive_rng = copy.deepcopy(rng)
@@ -116,8 +119,10 @@ class EvasionAttack(Attack):
                                       clean[0][:len(examples["rows"])].argmax(axis=1)]
         proba_naive = None
         if naive is not None:
-            x_naive = self.adversarial(naive, x_all, y_all, naive_rng)
-            proba_naive = measure(model, x_naive)
+            cache = {} if naive_cache is None else naive_cache
+            if n not in cache:
+                cache[n] = self.adversarial(naive, x_all, y_all, naive_rng)
+            proba_naive = measure(model, cache[n])
         empty = np.zeros((0, model.n_classes), np.float32)
         l0, l2, linf = (np.concatenate([d[k] for d in dists]) if dists else
                         np.zeros(0, np.float32) for k in range(3))

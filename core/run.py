@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 #: Defenses whose evasion cells also report the naive robust accuracy: those that
 #: transform or screen the inputs, where ignoring the defense overstates it most.
 NAIVE_STAGES = (Stage.INPUT, Stage.DETECTOR)
+#: Memory the runner may spend keeping the naive adversarial inputs, made once per attack
+#: point and measured on every such defense.
+NAIVE_BYTES = 256 * 2**20
 
 
 class CellTimeout(Exception):
@@ -114,6 +117,7 @@ class Runner:
         self.seed = seed
         self.timeout = timeout
         self._defended: dict[str, Model | BaseException] = {}
+        self._naive: dict[str, dict[int, np.ndarray]] = {}
         # Cells still to run, by defense, for deployments that rehearse (see expect()).
         self._expected: dict[str, list[Cell]] = {}
 
@@ -210,7 +214,11 @@ class Runner:
         rng = seed_everything(derive_seed(self.seed, cell.attack_seed_key))
         if isinstance(attack, EvasionAttack) and cell.defense.stage in NAIVE_STAGES:
             # Also the naive number: the attack made against the undefended model.
-            return attack, dataset, attack.run(model, dataset, rng, naive=self.model)
+            cache = self._naive.setdefault(cell.attack_seed_key, {})
+            if sum(a.nbytes for c in self._naive.values() for a in c.values()) > NAIVE_BYTES:
+                cache = {}  # past the budget: made again for each defense
+            return attack, dataset, attack.run(model, dataset, rng, naive=self.model,
+                                               naive_cache=cache)
         return attack, dataset, attack.run(model, dataset, rng)
 
     def run_cell(self, cell: Cell) -> CellResult:
