@@ -2,8 +2,10 @@
 
 It strings the stages together: config -> plan (:mod:`gauntlet.plan`) -> load the
 inputs (:mod:`gauntlet.loading`) -> run the cells (:mod:`gauntlet.executor`,
-:mod:`gauntlet.run`) -> store them as they finish (:mod:`gauntlet.store`) -> results
-and report (:mod:`gauntlet.results`, :mod:`gauntlet.provenance`).
+:mod:`gauntlet.run`) -> store them as they finish (:mod:`gauntlet.store`) -> the derived
+worst-case cells (:mod:`gauntlet.rows`) and the evaluation checklist
+(:mod:`gauntlet.checklist`) -> results and report (:mod:`gauntlet.results`,
+:mod:`gauntlet.provenance`).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gauntlet import config as config_mod
+from gauntlet.checklist import as_json, checklist
 from gauntlet.dataset import Dataset
 from gauntlet.errors import ConfigError
 from gauntlet.executor import Executor, SerialExecutor
@@ -21,12 +24,21 @@ from gauntlet.loading import load_inputs
 from gauntlet.model import Model
 from gauntlet.plan import Selection, plan
 from gauntlet.provenance import fingerprint, skeleton
-from gauntlet.registry import Registry, make_registry
+from gauntlet.registry import Registry, budget, make_registry
 from gauntlet.results import AuditResult, CellResult
+from gauntlet.rows import WORST_CASE, worst_case_cells
 from gauntlet.run import Runner
 from gauntlet.store import Store
 
 log = logging.getLogger(__name__)
+
+#: The catalogue entry of the derived worst-case column (:func:`gauntlet.rows.worst_case_cells`).
+WORST_CASE_ENTRY = {
+    "family": "evasion", "needs": "none", "derived": True, "parameters": [],
+    "description": "Per row, the worst case over every evasion attack run at the same "
+                   "budget (AutoAttack's rule): a row is robust only if it survived them "
+                   "all. Computed from the cells' per-row results; no extra queries.",
+    "plugin": "core", "distribution": "gauntlet", "version": ""}
 
 
 def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
@@ -101,7 +113,16 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     executor = executor or SerialExecutor(progress=progress)
     cell_results = executor.run(runner, cells, on_result=record,
                                 done=store.done if store is not None else {})
-    result["cells"] = [c.to_dict(rows=False) for c in cell_results]
+    for name, entry in result["attacks"].items():
+        if name in registry.attacks:  # how each evasion attack's budget is measured
+            entry.update(budget(registry.attacks[name]))
+    records = [c.to_dict() for c in cell_results]
+    # Derived from the per-row results, never stored in cells.jsonl: recomputed on resume.
+    derived = worst_case_cells(result, records)
+    if derived:
+        result["attacks"][WORST_CASE] = dict(WORST_CASE_ENTRY)
+    result["cells"] = [c.to_dict(rows=False) for c in cell_results] + derived
+    result["checklist"] = as_json(checklist(result, records))
     result["provenance"]["duration_s"] = round(time.perf_counter() - started, 2)
     audit_result = AuditResult(result, registry, rows={c.id: c.rows for c in cell_results})
     if store is not None:

@@ -32,8 +32,20 @@ if TYPE_CHECKING:
     from gauntlet.registry import Registry
 
 
+#: Test rows (the first ones) the clean cell's live checks look at.
+CHECK_ROWS = 32
+#: Two passes over the same inputs whose probabilities differ by more than this mean the
+#: deployment is randomised (float round-off and CKKS decryption stay far below it).
+SCORE_TOLERANCE = 1e-3
+
+
 class Clean(Attack):
-    """No attack: the defended model on unmodified test data (the baseline column)."""
+    """No attack: the defended model on unmodified test data (the baseline column).
+
+    It also takes the evaluation checklist's live measurements of the deployment
+    (:func:`live_checks`), which :func:`gauntlet.checklist.checklist` reads from the
+    cell's artifacts.
+    """
 
     name = "clean"
     family = Family.BASELINE
@@ -44,8 +56,57 @@ class Clean(Attack):
         # The core's measurement, not an attacker's queries: uncounted, and one-hot for a
         # labels-only deployment (whose scores no one may see).
         proba = measure(model, dataset.x_test)
-        return CleanOutcome(y_true=dataset.y_test, proba=proba,
-                            facts=model.deployment_facts(dataset.x_test, proba))
+        facts = model.deployment_facts(dataset.x_test, proba)
+        # After the measurement, so a randomised defense's draws for it are unchanged.
+        return CleanOutcome(y_true=dataset.y_test, proba=proba, facts=facts,
+                            checks=live_checks(model, dataset.x_test, dataset.y_test))
+
+
+def live_checks(model: Model, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    """What the evaluation checklist measures of a deployment itself, on the first
+    :data:`CHECK_ROWS` rows of ``x``, without counting queries (Carlini et al., 2019, "On
+    Evaluating Adversarial Robustness", and AutoAttack's checks):
+
+    ``gradients`` (None without gradient access): per row of the sample, is the input
+    gradient of the loss, through the deployment's gradient stand-ins (BPDA) as every
+    gradient attack sees it, finite, and is it non-zero? ``{"rows", "finite",
+    "nonzero", "median_norm"}``, or ``{"rows", "error"}`` when it cannot be computed.
+
+    ``repeat``: the sample predicted twice: on how many rows do the labels agree, and how
+    far apart are the probabilities (a randomised defense moves them even when no label
+    changes)? ``{"rows", "agree", "max_score_change", "tolerance"}``.
+    """
+    import numpy as np
+
+    from gauntlet.model import _scores
+
+    k = min(CHECK_ROWS, len(x))
+    xs = np.ascontiguousarray(x[:k], dtype=np.float32)
+    ys = np.asarray(y[:k], dtype=np.int64)
+    checks: dict[str, Any] = {"gradients": None}
+    if model.access >= Access.GRADIENTS and k:
+        spent = model.queries
+        try:
+            grad = np.asarray(model.loss_gradient(xs, ys), dtype=np.float64).reshape(k, -1)
+            finite = np.isfinite(grad).all(axis=1)
+            nonzero = (np.where(np.isfinite(grad), grad, 0.0) != 0).any(axis=1)
+            # loss_gradient differentiates the mean loss: times k, each row's own loss
+            norms = np.linalg.norm(np.where(np.isfinite(grad), grad, 0.0), axis=1) * k
+            checks["gradients"] = {"rows": k, "finite": int(finite.sum()),
+                                   "nonzero": int((finite & nonzero).sum()),
+                                   "median_norm": float(np.median(norms))}
+        except Exception as exc:  # noqa: BLE001 - a check that cannot run is its finding
+            checks["gradients"] = {"rows": k, "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            model.queries = spent  # the evaluator's look, not an attacker's queries
+    try:
+        first, second = _scores(model, xs), _scores(model, xs)
+        change = float(np.abs(first.astype(np.float64) - second).max()) if k else 0.0
+        checks["repeat"] = {"rows": k, "agree": int((first.argmax(1) == second.argmax(1)).sum()),
+                            "max_score_change": change, "tolerance": SCORE_TOLERANCE}
+    except Exception as exc:  # noqa: BLE001
+        checks["repeat"] = {"rows": k, "error": f"{type(exc).__name__}: {exc}"}
+    return checks
 
 
 @dataclasses.dataclass(frozen=True)

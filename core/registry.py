@@ -97,6 +97,7 @@ class Entry:
         if self.kind in ("attack", "defense"):
             row["parameters"] = [p.describe() for p in self.cls.parameters().values()]
             row["unavailable"] = self.cls.unavailable()
+        row.update(budget(self.cls) if self.kind == "attack" else {})
         return row
 
     def details(self) -> dict[str, Any]:
@@ -118,6 +119,17 @@ class Entry:
                        bounds=list(cls.bounds) if cls.bounds is not None else None,
                        format=cls.format)
         return out
+
+
+def budget(cls: type) -> dict[str, Any]:
+    """How an evasion attack's budget is measured, for the worst-case column and the
+    evaluation checklist: ``{"norm": "linf" | "l2" | "", "minimal": bool}`` (see
+    :class:`gauntlet.EvasionAttack`); empty for attacks of other families."""
+    from gauntlet.evasion import EvasionAttack
+
+    if not (isinstance(cls, type) and issubclass(cls, EvasionAttack)):
+        return {}
+    return {"norm": str(cls.norm), "minimal": bool(cls.minimal)}
 
 
 class Registry:

@@ -21,13 +21,17 @@ Results are data first. ``results.json`` is one object::
       "metrics":  {NAME: {"title", "higher_is_better", "bounds", "format",
                           "description", "plugin", "distribution", "version"}},
       "attacks":  {NAME: {"family", "needs", "description", "parameters", "plugin",
-                          "distribution", "version"}},
+                          "distribution", "version"[, "norm", "minimal", "derived"]}},
       "defenses": {NAME: {"stage", "description", "evaluation", "adaptive",
                           "parameters", "plugin", "distribution", "version"}},
-      "cells": [CELL, ...]
+      "cells": [CELL, ...],
+      "checklist": [{"defense", "defense_point", "upper_bound",
+                     "checks": [{"rule", "title", "status", "evidence"}]}]
     }
 
 where ``format`` is ``"percent"`` or ``"number"`` (how the report prints the metric),
+an evasion attack's ``norm`` (``"linf"``, ``"l2"``, ``""`` for no eps budget) and
+``minimal`` (a minimal-perturbation attack) say how its budget is measured,
 ``parameters`` lists each declared parameter as ``{"name", "type", "default", "sweep",
 "bounds", "help"}`` (``gauntlet.Param.describe``), and a CELL is::
 
@@ -36,7 +40,16 @@ where ``format`` is ``"percent"`` or ``"number"`` (how the report prints the met
      "status": "ok" | "error" | "not_applicable", "reason": str | null,
      "traceback": str | null, "duration_s": float, "n": int | null,
      "metrics": {NAME: {"value", "n", "low", "high"}},
-     "metric_errors": {NAME: "ValueError: why"}, "artifacts": {...}}
+     "metric_errors": {NAME: "ValueError: why"}, "artifacts": {...}[, "derived": true]}
+
+A cell with ``"derived": true`` was computed from other cells' per-row results, not run:
+the ``worst-case`` column (:func:`gauntlet.rows.worst_case_cells`; its ``attack_params``
+are the budget ``{"norm", "eps"}``, its artifacts name the cells it combines). The clean
+cell's artifacts hold the evaluation checklist's live measurements (``{"checks":
+{"gradients", "repeat"}}``, :func:`gauntlet.plan.live_checks`), and ``checklist`` is the
+evaluation checklist of every defense point (:mod:`gauntlet.checklist`; status ``pass``,
+``warn``, ``fail`` or ``n/a``; ``upper_bound``: a non-adaptive evaluation). Both
+``checklist`` and ``derived`` are absent from results written before they existed.
 
 ``cells.jsonl`` holds the same records plus ``rows``, the per-row results packed by
 :mod:`gauntlet.rows` (kept out of results.json, which the report reads).
@@ -85,6 +98,13 @@ STATUSES = ("ok", "error", "not_applicable")
 #: The keys of results.json and of each catalogue entry (see the module docstring).
 RESULT_KEYS = ("schema", "title", "provenance", "intake", "config", "metrics", "attacks",
                "defenses", "cells")
+#: Keys results.json may have beyond RESULT_KEYS (absent from older results).
+OPTIONAL_RESULT_KEYS = ("checklist",)
+#: Keys a catalogue entry may have beyond CATALOGUE_KEYS, by kind.
+OPTIONAL_CATALOGUE_KEYS = {"attacks": ("norm", "minimal", "derived")}
+CHECKLIST_KEYS = ("defense", "defense_point", "upper_bound", "checks")
+CHECK_KEYS = ("rule", "title", "status", "evidence")
+CHECK_STATUSES = ("pass", "warn", "fail", "n/a")
 PROVENANCE_KEYS = ("gauntlet", "python", "platform", "libraries", "seed", "started",
                    "model", "data", "plugins", "broken_plugins")
 CATALOGUE_KEYS = {
@@ -150,21 +170,23 @@ def metric_record(value: float, n: int, low: float | None, high: float | None) -
 def check_result(result: Any) -> None:
     """Raise ValueError naming the first place where ``result`` departs from the schema
     of results.json: a key missing or unknown, a status or metric format out of range."""
-    def keys(obj: Any, expected: tuple[str, ...], where: str, exact: bool = True) -> None:
+    def keys(obj: Any, expected: tuple[str, ...], where: str, exact: bool = True,
+             optional: tuple[str, ...] = ()) -> None:
         if not isinstance(obj, dict):
             raise ValueError(f"{where} is {type(obj).__name__}, not an object")
         missing = [k for k in expected if k not in obj]
-        unknown = sorted(set(obj) - set(expected)) if exact else []
+        unknown = sorted(set(obj) - set(expected) - set(optional)) if exact else []
         if missing or unknown:
             raise ValueError(f"{where}: missing keys {missing}, unknown keys {unknown}")
 
-    keys(result, RESULT_KEYS, "results")
+    keys(result, RESULT_KEYS, "results", optional=OPTIONAL_RESULT_KEYS)
     if result["schema"] != SCHEMA:
         raise ValueError(f"results: schema {result['schema']!r}, expected {SCHEMA}")
     keys(result["provenance"], PROVENANCE_KEYS, "provenance", exact=False)
     for kind, expected in CATALOGUE_KEYS.items():
         for name, entry in result[kind].items():
-            keys(entry, expected, f"{kind}[{name!r}]")
+            keys(entry, expected, f"{kind}[{name!r}]",
+                 optional=OPTIONAL_CATALOGUE_KEYS.get(kind, ()))
             for p in entry.get("parameters", ()):
                 keys(p, PARAMETER_KEYS, f"{kind}[{name!r}] parameter")
         if kind == "metrics":
@@ -173,7 +195,7 @@ def check_result(result: Any) -> None:
                     raise ValueError(f"metrics[{name!r}]: format {entry['format']!r}")
     for i, cell in enumerate(result["cells"]):
         where = f"cells[{i}] ({cell.get('id', '?') if isinstance(cell, dict) else '?'})"
-        keys(cell, CELL_KEYS, where)
+        keys(cell, CELL_KEYS, where, optional=("derived",))
         if cell["status"] not in STATUSES:
             raise ValueError(f"{where}: status {cell['status']!r} is not one of {STATUSES}")
         for name, m in cell["metrics"].items():
@@ -183,6 +205,13 @@ def check_result(result: Any) -> None:
         if cell["attack"] not in result["attacks"] or \
                 cell["defense"] not in result["defenses"]:
             raise ValueError(f"{where}: attack or defense missing from the catalogue")
+    for i, entry in enumerate(result.get("checklist", ())):
+        keys(entry, CHECKLIST_KEYS, f"checklist[{i}]")
+        for check in entry["checks"]:
+            keys(check, CHECK_KEYS, f"checklist[{i}] check")
+            if check["status"] not in CHECK_STATUSES:
+                raise ValueError(f"checklist[{i}]: status {check['status']!r} is not one "
+                                 f"of {CHECK_STATUSES}")
 
 
 def tidy_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -239,8 +268,10 @@ class AuditResult:
     @property
     def records(self) -> list[dict[str, Any]]:
         """The cells with their per-row results, as cells.jsonl holds them (for
-        :func:`gauntlet.rows.worst_case` and row-by-row comparisons)."""
-        return [{**c, "rows": self._rows.get(c["id"], {})} for c in self.cells]
+        :func:`gauntlet.rows.worst_case` and row-by-row comparisons); derived cells,
+        which cells.jsonl does not hold, are left out."""
+        return [{**c, "rows": self._rows.get(c["id"], {})} for c in self.cells
+                if not c.get("derived")]
 
     @property
     def table(self) -> pd.DataFrame:
