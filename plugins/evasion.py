@@ -1,4 +1,4 @@
-"""Evasion attacks: FGSM and PGD (white box, L-infinity) and a uniform-noise baseline.
+"""Evasion attacks: FGSM, BIM and PGD (white box, L-infinity) and a uniform-noise baseline.
 
 Each attack perturbs test rows within an L-infinity ball of radius ``eps``, clipped to
 the model's valid input range; :class:`gauntlet.EvasionAttack` picks the rows, batches
@@ -7,13 +7,13 @@ model's predictions), as robust accuracy is defined. Gradients come only from th
 (``model.loss_gradient``, ``model.to_art``), so a defense's gradient stand-in (BPDA) is
 what these attacks differentiate through.
 
-Why ``fgsm`` is a step on ``loss_gradient`` and ``pgd`` is ART
----------------------------------------------------------------
-``pgd`` runs ART's ``ProjectedGradientDescent`` on ``model.to_art()``. ``fgsm`` computes
-the same step as ART's ``FastGradientMethod`` (norm inf, true labels, clipped) from one
-``model.loss_gradient`` per batch, because FGSM's cell has a speed budget (at most 1.10x
-a hand-written torch loop; ``bench/bench_fgsm.py``) and ART cannot meet it, for reasons
-outside this plugin:
+Why the attacks are steps on ``loss_gradient`` rather than ART
+--------------------------------------------------------------
+``fgsm``, ``bim`` and ``pgd`` compute ART's steps (``FastGradientMethod``; the
+``ProjectedGradientDescent`` loop: step, clip to the valid range, project on the ball)
+from ``model.loss_gradient``, one call per batch and step, because these cells have a
+speed budget (at most 1.10x a hand-written torch loop; ``bench/bench_fgsm.py``,
+``bench/bench_pgd.py``) and ART cannot meet it, for reasons outside this plugin:
 
 * ``FastGradientMethod._compute_perturbation`` checks each gradient row for NaN in a
   Python loop (a few microseconds per row: 20% of the cell on 8x8 digits);
@@ -21,13 +21,16 @@ outside this plugin:
   outcome carries cost one more forward pass, where ``loss_gradient`` hands the base
   those of the forward pass the gradient needs anyway.
 
-Measured with the benchmark after the core redesign (builtin CNN, 5,000 rows, batch 256,
-2 CPU cores, medians of 9 rounds), relative to the hand-written loop: on digits this cell
-1.05x with two torch threads and 1.00x with one (ART direct 1.10x and 1.12x); on
+Measured with the FGSM benchmark after the core redesign (builtin CNN, 5,000 rows, batch
+256, 2 CPU cores, medians of 9 rounds), relative to the hand-written loop: on digits this
+cell 1.05x with two torch threads and 1.00x with one (ART direct 1.10x and 1.12x); on
 Fashion-MNIST 1.00x with two threads (ART 1.06x) and 0.97x with one (ART 1.10x). Before
 the Model froze the weights, ART direct also back-propagated into them: 1.7-2.4x on digits.
-``tests/plugins/test_evasion.py`` checks the step against ART's
-``FastGradientMethod`` and against an independent hand-written loop.
+PGD's figures are in ``bench/README.md``. ``backend="art"`` runs ART itself for FGSM and
+PGD. ``tests/plugins/test_evasion.py`` checks FGSM against ART's ``FastGradientMethod``
+and a hand-written loop, PGD from the input against ART's ``ProjectedGradientDescent``
+(equal examples) and with random starts (close robust accuracy), and BIM against a
+hand-written loop.
 """
 from __future__ import annotations
 
@@ -75,6 +78,14 @@ class PGD(EvasionAttack):
     """Projected Gradient Descent: iterated signed-gradient steps projected on the eps-ball.
 
     Madry et al., 2018, "Towards Deep Learning Models Resistant to Adversarial Attacks".
+
+    ``backend="torch"`` (the default) is the batched loop of :func:`signed_steps` on
+    ``model.loss_gradient``, starting from a uniform draw in the eps-ball taken from the
+    cell's generator; ``backend="art"`` runs ART's ``ProjectedGradientDescent`` on
+    ``model.to_art()``. Both take the same steps (ART's order: step, clip to the valid
+    range, project on the ball) and keep a later random start's result only for the rows
+    it fools; from the same start they give the same examples (tested), and only the
+    random draws differ (numpy's global generator for ART, seeded from the cell's).
     """
 
     name = "pgd"
@@ -86,19 +97,102 @@ class PGD(EvasionAttack):
     max_iter: int = param(20, "gradient steps per random start", ge=1)
     num_random_init: int = param(1, "random starts in the eps-ball (0: start at the input)",
                                  ge=0)
-    batch_size: int = param(0, "rows per generate() call (0: all rows in one call; ART "
-                            f"batches by {ART_BATCH} inside)", ge=0)
+    backend: str = param("torch", "torch: batched loss_gradient steps (fast, "
+                         "bench/bench_pgd.py); art: ART's ProjectedGradientDescent (the "
+                         "same steps, random starts from numpy's generator)",
+                         choices=("torch", "art"))
 
     def generate(self, model: Model, x: np.ndarray, y: np.ndarray,
                  rng: np.random.Generator) -> np.ndarray:
         if self.eps == 0:  # ART rejects a zero step; nothing can move anyway
             return x
-        from art.attacks.evasion import ProjectedGradientDescent
+        step = self.eps * self.step_ratio
+        if self.backend == "art":
+            from art.attacks.evasion import ProjectedGradientDescent
 
-        return ProjectedGradientDescent(
-            model.to_art(), norm=np.inf, eps=self.eps, eps_step=self.eps * self.step_ratio,
-            max_iter=self.max_iter, num_random_init=self.num_random_init,
-            batch_size=ART_BATCH, verbose=False).generate(x, y=y)
+            return ProjectedGradientDescent(
+                model.to_art(), norm=np.inf, eps=self.eps, eps_step=step,
+                max_iter=self.max_iter, num_random_init=self.num_random_init,
+                batch_size=ART_BATCH, verbose=False).generate(x, y=y)
+        low, high = model.clip_values
+        best = x
+        for restart in range(max(1, self.num_random_init)):
+            start = x
+            if self.num_random_init:
+                noise = rng.uniform(-self.eps, self.eps, size=x.shape).astype(np.float32)
+                start = np.clip(x + noise, low, high)
+            x_adv = signed_steps(model, x, y, start, self.eps, step, self.max_iter)
+            if restart == 0:
+                best = x_adv
+            else:  # as ART: a later start replaces the rows it fools
+                fooled = model.labels(x_adv) != y
+                best[fooled] = x_adv[fooled]
+        return best
+
+
+class BIM(EvasionAttack):
+    """Basic Iterative Method: small signed-gradient steps, clipped to the eps-ball.
+
+    Kurakin, Goodfellow and Bengio, 2017, "Adversarial examples in the physical world".
+
+    No random start (that is what PGD adds). ``target="least-likely"`` is the paper's
+    iterative least-likely class method: ``y_LL`` is the class the model finds least
+    likely on the clean input, and each step descends the loss toward it,
+    ``x <- Clip(x - alpha * sign(grad CE(x, y_LL)))``; robust accuracy is still measured
+    against the true labels.
+
+    Step size and iterations. The paper, on [0, 255] images, takes ``alpha = 1`` pixel
+    level and ``min(eps + 4, 1.25 eps)`` iterations: for eps up to 16 levels the steps add
+    up to 1.25 eps, and at eps 0.3 (76 levels) that would be 81 gradient passes. Inputs
+    here are in [0, 1] (digits has only 17 levels), so the pixel-level rule does not
+    transfer; we keep its ratio, the path length ``max_iter * alpha = 1.25 eps``, with
+    ``max_iter = 10`` (``alpha = eps / 8``), which keeps a demo cell as cheap as half a
+    PGD cell. Set ``step_ratio`` to choose alpha as a fraction of eps yourself.
+    """
+
+    name = "bim"
+    needs = Access.GRADIENTS
+
+    eps: float = param(EPS_SWEEP, EPS_HELP, ge=0)
+    target: str = param("none", "none: raise the loss of the true class; least-likely: "
+                        "descend toward the class least likely on the clean input "
+                        "(the iterative least-likely class method)",
+                        choices=("none", "least-likely"))
+    max_iter: int = param(10, "gradient steps (the paper's min(eps+4, 1.25 eps) steps of "
+                          "1/255 do not transfer to [0, 1] inputs; see the docstring)", ge=1)
+    step_ratio: float = param(0.0, "step size alpha as a fraction of eps (0: 1.25 / "
+                              "max_iter, so the steps add up to 1.25 eps as in the paper)",
+                              ge=0)
+
+    def generate(self, model: Model, x: np.ndarray, y: np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
+        if self.eps == 0:
+            return x
+        step = self.eps * (self.step_ratio or 1.25 / self.max_iter)
+        if self.target == "least-likely":
+            # This pass is also the clean predictions the base would otherwise take.
+            target = model.predict(x).argmin(axis=1).astype(np.int64)
+            return signed_steps(model, x, target, x, self.eps, step, self.max_iter,
+                                ascend=False)
+        return signed_steps(model, x, y, x, self.eps, step, self.max_iter)
+
+
+def signed_steps(model: Model, x: np.ndarray, y: np.ndarray, start: np.ndarray, eps: float,
+                 step: float, n_iter: int, *, ascend: bool = True) -> np.ndarray:
+    """``n_iter`` signed-gradient steps of size ``step`` from ``start`` on the
+    cross-entropy of labels ``y`` (up if ``ascend``, else down toward ``y``), each
+    clipped to the valid range and then projected on the L-infinity ball of radius
+    ``eps`` around ``x``, in ART's order and float32 arithmetic (so ART's PGD from the
+    same start gives the same examples). Pass ``start=x`` itself: the first gradient
+    pass then gives the base the clean predictions."""
+    low, high = model.clip_values
+    step32 = np.float32(step if ascend else -step)
+    x_adv = start
+    for _ in range(n_iter):
+        grad = model.loss_gradient(x_adv, y)
+        x_adv = np.clip(x_adv + step32 * np.sign(grad), low, high)
+        x_adv = x + np.clip(x_adv - x, -eps, eps)
+    return x_adv.astype(np.float32, copy=False)
 
 
 class UniformNoise(EvasionAttack):
@@ -124,4 +218,5 @@ class UniformNoise(EvasionAttack):
 def register_attacks(register: Callable[[type[Attack]], None]) -> None:
     register(FGSM)
     register(PGD)
+    register(BIM)
     register(UniformNoise)
