@@ -60,8 +60,9 @@ def test_registered_through_the_hook() -> None:
 def test_metadata_docstring_and_declared_parameters(cls: type[EvasionAttack]) -> None:
     cls.validate_class()
     assert cls.family is Family.EVASION and cls.outcome is EvasionOutcome
-    summary, reference = (cls.__doc__ or "").strip().split("\n\n")[:2]
-    assert summary.strip() and reference.strip()[0].isupper()
+    summary, blank, reference = (cls.__doc__ or "").strip().splitlines()[:3]
+    assert summary.strip() and not blank.strip() and reference.strip()
+    assert ", 20" in reference  # "Authors, year, title": the paper comes first
     params = {name: p.describe() for name, p in cls.parameters().items()}
     assert params["rows"]["default"] > 0  # black-box attacks pay in queries: rows limited
     assert all(p["help"] for p in params.values())
