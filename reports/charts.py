@@ -273,3 +273,80 @@ def histogram_charts(result: Mapping[str, Any]) -> list[tuple[str, list[Chart]]]
                                 f"top class {peak}: {share * 100:.1f}% of probe inputs", svg))
         groups.append((label(attack, apoint), charts))
     return groups
+
+
+def l2_charts(result: Mapping[str, Any]) -> list[Chart]:
+    """For each minimal-perturbation attack (CW-L2, DeepFool, HopSkipJump): a histogram of
+    the per-row L2 distance that flipped each row, and accuracy against an L2 budget
+    (:func:`gauntlet.reports.gallery.l2_accuracy`), one line per defense.
+
+    Needs each cell's per-row results (``rows``, or ``artifacts["rows"]`` in results.json);
+    cells without them are left out and named in the caption.
+    """
+    import numpy as np
+
+    from gauntlet.reports.gallery import flipped_l2, is_minimal, l2_accuracy, per_row
+
+    index = cell_index(result)
+    charts: list[Chart] = []
+    for attack, apoint in attack_keys(result):
+        if not is_minimal(result, attack):
+            continue
+        series, without = [], []
+        for d in defense_keys(result):
+            cell = index.get((*d, attack, apoint))
+            if cell is None or cell.get("status") != "ok" or cell.get("family") != "evasion":
+                continue
+            rows = per_row(cell)
+            if rows is None or not len(rows["l2"]):
+                without.append(label(*d))
+                continue
+            series.append((d, rows, flipped_l2(rows)))
+        if not series:
+            continue
+        name = label(attack, apoint)
+        flips = np.concatenate([f for _, _, f in series])
+        top = float(flips.max()) if flips.size else 1.0
+        top = top if top > 0 else 1.0
+        unheld = ", ".join(f"{label(*d)}: {int((r['correct_before'] & r['correct_after']).sum())}"
+                           for d, r, _ in series)
+        chart_id = f"l2-hist-{_safe_id(name)}-{len(charts)}"
+        with _figure(chart_id, (5.0, 3.2)) as fig:
+            ax = fig.add_subplot()
+            edges = np.linspace(0.0, top * 1.0001, 21)
+            for i, (d, _, f) in enumerate(series):
+                ax.hist(f, bins=edges, histtype="step", linewidth=1.6,
+                        color=PALETTE[i % len(PALETTE)], label=_text(label(*d)))
+            ax.set_xlim(0, edges[-1])
+            ax.set_xlabel("L2 distance that flipped the row")
+            ax.set_ylabel("rows")
+            ax.set_title(_text(f"{name}: distance to flip"), loc="left")
+            ax.legend(loc="best")
+            svg = _svg(fig)
+        caption = ("Rows right on the clean input that the attack flipped, by the L2 size of "
+                   "its change (in input units). Rows it did not flip: " + unheld + ".")
+        if without:
+            caption += f" No per-row distances kept for: {', '.join(without)}."
+        charts.append(Chart(chart_id, f"{name}: distance to flip", caption, svg))
+
+        budgets = np.unique(np.concatenate([[0.0], flips, [top * 1.05]]))
+        chart_id = f"l2-acc-{_safe_id(name)}-{len(charts)}"
+        with _figure(chart_id, (5.0, 3.2)) as fig:
+            ax = fig.add_subplot()
+            for i, (d, r, _) in enumerate(series):
+                acc = l2_accuracy(r["correct_before"], r["correct_after"], r["l2"], budgets)
+                ax.plot(budgets, acc, drawstyle="steps-post", linewidth=1.6,
+                        color=PALETTE[i % len(PALETTE)], label=_text(label(*d)))
+            ax.set_xlim(0, budgets[-1])
+            ax.set_ylim(0, 1.02)
+            _percent_axis(ax)
+            ax.set_xlabel("L2 budget")
+            ax.set_ylabel("accuracy")
+            ax.set_title(_text(f"{name}: accuracy vs L2 budget"), loc="left")
+            ax.legend(loc="best")
+            svg = _svg(fig)
+        charts.append(Chart(chart_id, f"{name}: accuracy vs L2 budget",
+                            "Share of rows right on the clean input that an attacker held to "
+                            "the budget does not flip: the attack flips a row once the budget "
+                            "reaches the distance it needed.", svg))
+    return charts
