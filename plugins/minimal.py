@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 #: ART's smoother in the tanh change of variables: keeps arctanh finite at the bounds.
 TANH_SMOOTHER = 0.999999
 ROWS_HELP = ("test rows to attack, from the first (0: every evaluated row); {n} keeps a "
-             "demo cell on the digits CNN near {t} on 2 cores")
+             "demo cell on the digits CNN to {t} the demo's PGD cell on all 450 rows")
 
 
 class CarliniWagnerL2(EvasionAttack):
@@ -48,10 +48,11 @@ class CarliniWagnerL2(EvasionAttack):
     flipping iterate seen over the whole search.
 
     The paper runs 9 binary steps of up to 10,000 Adam steps at learning rate 0.01. The
-    defaults here (5 binary steps of 50 steps at 0.1, starting at c = 1) are a fast
-    setting for the demo: on the digits CNN they flip every row at a median L2 within a
-    few per cent of ART's ``CarliniL2Method`` (tested). Raise ``max_iter`` and
-    ``binary_steps`` for a tighter bound on a larger model.
+    defaults here (5 binary steps of 30 steps at 0.1, starting at c = 1: 150 batched
+    passes) are a fast setting for the demo: on the first 100 digits rows of the builtin
+    CNN they flip every correct row at a median L2 of 0.757, 2.4% above what 9 binary
+    steps of 200 steps find (0.739), and within 10% of ART's ``CarliniL2Method`` (tested).
+    Raise ``max_iter`` and ``binary_steps`` for a tighter bound on a larger model.
     """
 
     name = "cw-l2"
@@ -59,11 +60,11 @@ class CarliniWagnerL2(EvasionAttack):
     minimal = True
     norm = ""
 
-    rows: int = param(100, ROWS_HELP.format(n=100, t="1 s"), ge=0)
+    rows: int = param(100, ROWS_HELP.format(n=100, t="about 1.7x"), ge=0)
     confidence: float = param(0.0, "kappa: how far past the decision boundary to go "
                               "(in logits; 0: just across)", ge=0)
     binary_steps: int = param(5, "binary-search steps on the constant c (the paper: 9)", ge=1)
-    max_iter: int = param(50, "Adam steps per binary-search step (the paper: up to 10,000; "
+    max_iter: int = param(30, "Adam steps per binary-search step (the paper: up to 10,000; "
                           "kept small for the demo)", ge=1)
     learning_rate: float = param(0.1, "Adam's learning rate in tanh space (the paper: "
                                  "0.01, with far more steps)", gt=0)
@@ -145,7 +146,7 @@ class DeepFool(EvasionAttack):
     minimal = True
     norm = ""
 
-    rows: int = param(100, ROWS_HELP.format(n=100, t="0.2 s"), ge=0)
+    rows: int = param(100, ROWS_HELP.format(n=100, t="about half"), ge=0)
     max_iter: int = param(50, "iterations at most (most rows flip in 2 to 5)", ge=1)
     overshoot: float = param(0.02, "how far past the boundary to go, as a fraction of the "
                              "step (the paper: 0.02)", ge=0)
