@@ -19,6 +19,13 @@ from torch import nn
 
 from gauntlet import Access, Dataset, Defense, Model, Stage, hookimpl, param
 
+#: Noise draws each gradient of an attack on input-noise averages over (EOT). Measured on
+#: the demo's 450 digits rows (mean of 3 seeds), FGSM's robust accuracy at eps 0.2 is 23.6%
+#: with 1 draw, 12.3% with 2, 6.4% with 4 and 5.2% with 8 (undefended: 6.7%); at eps 0.1
+#: 74.2%, 69.1%, 62.0%, 62.7% (undefended 56.9%). Four closes the gap to the undefended
+#: model; more draws cost PGD time (linear in draws) and gain nothing measurable.
+EOT_DEFAULT = 4
+
 #: Probabilities are floored here before renormalising, so log(p) stays finite.
 PROBABILITY_FLOOR = 1e-6
 
@@ -122,29 +129,39 @@ class ConfidenceClip(Defense):
 
 
 class InputNoiseDefense(Defense):
-    """Random input perturbation: uniform noise in [-r, r] added before classification.
+    """Random input perturbation: uniform noise in [-r, r] added before classification,
+    attacked with Expectation over Transformation.
 
     Cohen et al., 2019, "Certified Adversarial Robustness via Randomized Smoothing" (for
     context: this is a single noisy draw, not the certified smoothed classifier).
+    Athalye, Engstrom, Ilyas & Kwok, 2018, "Synthesizing Robust Adversarial Examples"
+    (EOT): gradient attacks differentiate the log of the mean probabilities over ``eot``
+    fresh noise draws (``model.deploy(eot=...)``), not one draw. With one draw, FGSM's
+    single step follows that draw's noise and input-noise looked robust to it (24% robust
+    accuracy at eps 0.2 on the demo, against 7% undefended), while PGD's twenty steps
+    averaged the noise out and drove it to 1%. With EOT over 4 draws (the default), FGSM at
+    eps 0.2 leaves 6% (the undefended model's 7%), PGD still 1%: the disagreement closes
+    to the undefended number, so the noise bought no robustness there.
     """
 
     name = "input-noise"
     stage = Stage.INPUT
     # Adaptive: the noise is additive, so the gradient through it is the deployed model's
-    # own (no stand-in, nothing masked). One draw per gradient is EOT with one sample, the
-    # weakest adaptive attack on a random defense; the evaluation text says so.
+    # own (no stand-in, nothing masked), and EOT averages it over draws.
     adaptive = True
     evaluation = (
-        "Adaptive: gradients pass through the additive noise unchanged, so gradient "
-        "attacks differentiate the deployed model through one fresh noise draw per step "
-        "(EOT with 1 sample; averaging gradients over many draws would be a stronger "
-        "attack). Accuracy is measured on one fresh draw, as the model serves."
+        "Adaptive (EOT): each gradient is that of the deployed model's mean probabilities "
+        f"over {EOT_DEFAULT} fresh noise draws (parameter eot; Athalye et al., 2018), "
+        "through the additive noise unchanged; accuracy is measured on one fresh draw, as "
+        "the model serves."
     )
     r: float = param(0.1, "half-width of the uniform noise added to each input value",
                      gt=0)
+    eot: int = param(EOT_DEFAULT, "noise draws each gradient averages over (EOT; 1: one "
+                     "draw per gradient, the weakest adaptive attack)", ge=1)
 
     def apply(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> Model:
-        return model.deploy(pre=UniformInputNoise(self.r, model.clip_values))
+        return model.deploy(pre=UniformInputNoise(self.r, model.clip_values), eot=self.eot)
 
 
 class ConfidenceNoise(Defense):

@@ -14,12 +14,14 @@ from gauntlet import Access, AccessDenied, ConfigError, Defense, Model, PluginEr
 from gauntlet.model import weights_sha256
 from gauntlet.plugins import defenses
 from gauntlet.plugins.defenses import (
+    EOT_DEFAULT,
     PROBABILITY_FLOOR,
     ConfidenceClip,
     ConfidenceNoise,
     InputNoiseDefense,
     NoDefense,
 )
+from gauntlet.plugins.evasion import FGSM
 from gauntlet.provenance import catalogue
 from gauntlet.registry import make_registry
 from gauntlet.reports.context import build_context
@@ -104,7 +106,7 @@ def test_report_flags_the_defenses_that_attacks_do_not_adapt_to():
     assert {n for n, d in notes.items() if d.not_adaptive} == {"confidence-clip",
                                                                "confidence-noise"}
     assert "upper bound" in notes["confidence-clip"].evaluation
-    assert "EOT with 1 sample" in notes["input-noise"].evaluation
+    assert f"over {EOT_DEFAULT} fresh noise draws" in notes["input-noise"].evaluation
 
 
 @pytest.mark.parametrize("cls,bad", [(ConfidenceClip, 0), (InputNoiseDefense, -0.1),
@@ -264,10 +266,11 @@ def test_input_noise_draws_as_before(digits, digits_model, base, x, rng):
 
 
 def test_input_noise_passes_gradients(digits, digits_model, base, x, rng):
-    """Gradients flow through the real noise (no stand-in): the gradient is the base's
-    at the noisy input, zero where clipping held a value at the edge of the range."""
+    """Gradients flow through the real noise (no stand-in): with one draw (eot=1) the
+    gradient is the base's at the noisy input, zero where clipping held a value at the
+    edge of the range."""
     r, y = 0.1, digits.y_test[:200]
-    defended = InputNoiseDefense(r=r).apply(digits_model, digits, rng)
+    defended = InputNoiseDefense(r=r, eot=1).apply(digits_model, digits, rng)
     torch.manual_seed(3)
     grad = defended.loss_gradient(x, y)
     xt = torch.as_tensor(x).clone().requires_grad_(True)
@@ -277,6 +280,81 @@ def test_input_noise_passes_gradients(digits, digits_model, base, x, rng):
     np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-5, atol=1e-9)
     assert np.isfinite(grad).all() and np.abs(grad).sum() > 0
     assert not np.array_equal(grad, defended.loss_gradient(x, y))  # a fresh draw
+
+
+def eot_gradient_by_hand(base: torch.nn.Module, x: np.ndarray, y: np.ndarray, r: float,
+                         draws: int, seed: int) -> np.ndarray:
+    """The gradient of the cross-entropy of the mean probabilities over ``draws`` noise
+    draws, drawn one after the other from torch's generator seeded with ``seed``."""
+    xt = torch.as_tensor(x).clone().requires_grad_(True)
+    torch.manual_seed(seed)
+    probs = []
+    for _ in range(draws):
+        noisy = (xt + (torch.rand_like(xt) * 2.0 - 1.0) * r).clamp(0.0, 1.0)
+        probs.append(torch.softmax(base(noisy), dim=1))
+    mean = torch.stack(probs).mean(dim=0)
+    torch.nn.functional.nll_loss(mean.log(), torch.as_tensor(y)).backward()
+    return xt.grad.numpy()
+
+
+def test_eot_gradient_is_that_of_the_mean_probabilities(digits, digits_model, base, x, rng):
+    """EOT (Athalye et al. 2018): with eot=k the gradient is that of the expected
+    probabilities over k fresh noise draws, equal to a hand computation on the same draws."""
+    r, y, k = 0.1, digits.y_test[:200], 5
+    defended = InputNoiseDefense(r=r, eot=k).apply(digits_model, digits, rng)
+    torch.manual_seed(11)
+    grad = defended.loss_gradient(x, y)
+    np.testing.assert_allclose(grad, eot_gradient_by_hand(base, x, y, r, k, 11), rtol=1e-4,
+                               atol=1e-8)
+    # Not one draw's gradient: the first draw alone differs.
+    assert not np.allclose(grad, eot_gradient_by_hand(base, x, y, r, 1, 11), atol=1e-6)
+
+
+def test_eot_predictions_take_one_draw(digits, digits_model, x, rng):
+    """Only the gradient path averages: what the deployment serves is one fresh draw,
+    the same one a deployment without EOT serves."""
+    with_eot = InputNoiseDefense(eot=8).apply(digits_model, digits, rng)
+    without = InputNoiseDefense(eot=1).apply(digits_model, digits, rng)
+    np.testing.assert_array_equal(seeded_predict(with_eot, x, 4), seeded_predict(without, x, 4))
+    assert with_eot.queries == len(x)
+
+
+def test_eot_reduces_the_variance_of_the_gradient(digits, digits_model, x, rng):
+    """Two gradients of independent draws agree better with more draws per gradient."""
+    y = digits.y_test[:200]
+
+    def agreement(eot: int) -> float:
+        defended = InputNoiseDefense(eot=eot).apply(digits_model, digits, rng)
+        a, b = (defended.loss_gradient(x, y).ravel() for _ in range(2))
+        return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+    torch.manual_seed(0)
+    one, eight = agreement(1), agreement(8)
+    assert eight > one + 0.1 and eight > 0.8, (one, eight)
+
+
+def test_eot_closes_the_fgsm_gap_on_input_noise(digits, digits_model, rng):
+    """The paper's prediction: one draw per gradient made input-noise look robust to FGSM
+    (its single step follows one draw's noise); with the default EOT, FGSM on the same rows
+    leaves far fewer correct, about as few as on the undefended model."""
+    attack = FGSM(eps=0.2, rows=200)
+
+    def robust(model: Model, seed: int) -> float:
+        torch.manual_seed(seed)
+        out = attack.run(model, digits, np.random.default_rng(seed))
+        return float((out.proba.argmax(axis=1) == out.y_true).mean())
+
+    one = robust(InputNoiseDefense(eot=1).apply(digits_model, digits, rng), 0)
+    eot = robust(InputNoiseDefense().apply(digits_model, digits, rng), 0)
+    undefended = robust(digits_model, 0)
+    assert eot < one - 0.08, (eot, one)
+    assert eot < undefended + 0.04, (eot, undefended)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_eot_must_be_a_positive_number_of_draws(digits_model, bad):
+    with pytest.raises(TypeError, match="eot"):
+        digits_model.deploy(pre=lambda t: t, eot=bad)
 
 
 def test_stacked_defenses_are_rebuilt_together(digits, digits_model, x, rng, sharper_base):
