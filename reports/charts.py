@@ -284,6 +284,7 @@ def l2_charts(result: Mapping[str, Any]) -> list[Chart]:
     cells without them are left out and named in the caption.
     """
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
     from gauntlet.reports.gallery import flipped_l2, is_minimal, l2_accuracy, per_row
 
@@ -320,6 +321,7 @@ def l2_charts(result: Mapping[str, Any]) -> list[Chart]:
             ax.set_xlim(0, edges[-1])
             ax.set_xlabel("L2 distance that flipped the row")
             ax.set_ylabel("rows")
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_title(_text(f"{name}: distance to flip"), loc="left")
             ax.legend(loc="best")
             svg = _svg(fig)
