@@ -227,8 +227,10 @@ class Model:
         self.row_limit: int | None = min(limits) if limits else None
         if self._served is not None and self._served.batch_size:
             self.batch_size = int(self._served.batch_size)
+        # Under EOT the gradient pass averages several draws: not what one query serves.
         self._gradient_values_served = all(m.gradient_values_served
-                                           for m in served.values())
+                                           for m in served.values()) and \
+            all(layer.eot == 1 for layer in self._layers)
 
     def __repr__(self) -> str:
         return (

@@ -26,7 +26,7 @@ from gauntlet.defense import Stage
 from gauntlet.errors import NotApplicable
 from gauntlet.evasion import EvasionAttack
 from gauntlet.model import Model
-from gauntlet.outcome import Outcome
+from gauntlet.outcome import EvasionOutcome, Outcome
 from gauntlet.plan import Cell, derive_seed
 from gauntlet.results import CellResult, metric_record, short_paths
 from gauntlet.rows import pack
@@ -288,4 +288,10 @@ class Runner:
                     result.metric_errors[metric.name] = why
                     log.warning("cell %s: metric %r failed: %s", label, metric.name, why)
         result.artifacts = outcome.artifacts()
+        if getattr(attack, "minimal", False) and isinstance(outcome, EvasionOutcome):
+            # The distances a minimal-perturbation attack found, for the report's
+            # accuracy-against-L2 chart (results.json carries artifacts, not rows).
+            kept = outcome.per_row()
+            result.artifacts["rows"] = pack({k: kept[k] for k in
+                                             ("correct_before", "correct_after", "l2")})
         result.rows = pack(outcome.per_row())

@@ -31,10 +31,11 @@ PROBABILITY_FLOOR = 1e-6
 
 _SCORES_ONLY = (
     "exposes scores only, so gradient attacks on it are not applicable: its gradients "
-    "would be masked and fake robustness. The noise baseline, membership, poisoning and "
-    "probe attacks run against the served scores, but none adapts to the defense (a "
-    "label-only membership attack, or a score- or decision-based evasion attack, would), "
-    "so its numbers are an upper bound on robustness."
+    "would be masked and fake robustness. Score- and decision-based evasion (square, "
+    "one-pixel, hopskipjump), the noise baseline, membership, poisoning and probe attacks "
+    "run against the served scores; none of them models the defense (no EOT over its "
+    "noise, no label-only membership attack), so its numbers are an upper bound on "
+    "robustness."
 )
 
 

@@ -101,7 +101,8 @@ def _builtin(kind: str, options: Mapping[str, Any]) -> Model:
     def fit(module: torch.nn.Module, x: Any, y: Any, fit_seed: int) -> None:
         train_classifier(module, x, y, fit_seed, epochs=epochs, lr=lr)
 
-    recipe = Recipe(make, fit, f"{kind} trained {epochs} epochs, Adam lr={lr}")
+    recipe = Recipe(make, fit, f"{kind} trained {epochs} epochs, Adam lr={lr}",
+                    options={"epochs": epochs, "lr": lr})
     module = recipe.train(dataset.x_train, dataset.y_train, seed)
     return Model(module, input_shape=shape, n_classes=n, clip_values=dataset.clip_values,
                  recipe=recipe, name=f"builtin:{kind}",
@@ -293,7 +294,8 @@ def _recipe(factory: Callable[..., Any], label: str, kwargs: Mapping[str, Any], 
         train_classifier(m, x, y, fit_seed, epochs=epochs, lr=lr)
 
     # Re-training uses Gauntlet's loop, not the model's original one; the description says so.
-    return Recipe(make, fit, f"{label} trained by Gauntlet: {epochs} epochs, Adam lr={lr}")
+    return Recipe(make, fit, f"{label} trained by Gauntlet: {epochs} epochs, Adam lr={lr}",
+                  options={"epochs": epochs, "lr": lr})
 
 
 def _load_torchscript(path: Path, data: bytes, report: ScanReport) -> Any:
