@@ -14,6 +14,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gauntlet.reports import charts as charts_mod
+from gauntlet.reports.checklist import (
+    ChecklistFinding,
+    DefenseChecklist,
+    NaiveTable,
+    checklist_findings,
+    checklist_views,
+    naive_tables,
+)
+from gauntlet.reports.classic import Classic, classic
+from gauntlet.reports.gallery import Gallery, galleries
 from gauntlet.reports.intake import IntakeView, intake_view
 from gauntlet.reports.tables import (
     FAMILY_ORDER,
@@ -171,6 +181,12 @@ class ReportContext:
     summary_sections: list[Section]  # place="summary": shown inside the Summary
     version: str
     legend: list[str]
+    galleries: list[Gallery] = dataclasses.field(default_factory=list)  # image data only
+    classic: Classic | None = None  # the classic FGSM table, when FGSM ran
+    # the evaluation checklist per defense point, its failed/warned checks, naive vs adaptive
+    checklist: list[DefenseChecklist] = dataclasses.field(default_factory=list)
+    checklist_findings: list[ChecklistFinding] = dataclasses.field(default_factory=list)
+    naive: list[NaiveTable] = dataclasses.field(default_factory=list)
 
 
 def _text(value: Any) -> str:
@@ -368,6 +384,12 @@ def _chart_groups(result: Mapping[str, Any]) -> list[ChartGroup]:
         groups.append(ChartGroup(f"charts-hist-{i}", f"Probe predictions: {title}",
                                  "Predicted classes on the probe inputs; a tall single bar "
                                  "is a trash bucket class.", charts, True))
+    l2 = charts_mod.l2_charts(result)
+    if l2:
+        groups.append(ChartGroup("charts-l2", "Minimal-perturbation attacks: distance to flip",
+                                 "Attacks without a budget find the smallest L2 change that "
+                                 "flips each row; accuracy against an L2 budget follows from "
+                                 "those distances.", l2, False))
     return groups
 
 
@@ -423,5 +445,8 @@ def build_context(result: Mapping[str, Any],
         sections=[s for s in built if s.place != SUMMARY],
         summary_sections=[s for s in built if s.place == SUMMARY],
         version=_text(prov.get("gauntlet")), legend=legend,
+        galleries=galleries(result), classic=classic(result),
+        checklist=checklist_views(result), checklist_findings=checklist_findings(result),
+        naive=naive_tables(result),
     )
 
