@@ -56,10 +56,11 @@ class Clean(Attack):
         # The core's measurement, not an attacker's queries: uncounted, and one-hot for a
         # labels-only deployment (whose scores no one may see).
         proba = measure(model, dataset.x_test)
+        # After the measurement, so a randomised defense's draws for it are unchanged; before
+        # the facts, so a rehearsal (which stops at the facts) sees the rows it predicts.
+        checks = live_checks(model, dataset.x_test, dataset.y_test)
         facts = model.deployment_facts(dataset.x_test, proba)
-        # After the measurement, so a randomised defense's draws for it are unchanged.
-        return CleanOutcome(y_true=dataset.y_test, proba=proba, facts=facts,
-                            checks=live_checks(model, dataset.x_test, dataset.y_test))
+        return CleanOutcome(y_true=dataset.y_test, proba=proba, facts=facts, checks=checks)
 
 
 def live_checks(model: Model, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from torch import nn
 
 from gauntlet import Access, ConfigError, NotApplicable
 from gauntlet.executor import SerialExecutor
-from gauntlet.plan import Selection, plan
+from gauntlet.plan import CHECK_ROWS, Selection, plan
 from gauntlet.plugins import fhe
 from gauntlet.plugins.fhe import CkksNet, FheDefense, Square, compact, distill, mirror
 from gauntlet.registry import make_registry
@@ -217,9 +217,9 @@ def test_an_audit_sends_its_cells_rows_in_one_encrypted_batch(monkeypatch, digit
                         lambda x, shift=None: sizes.append(len(x)) or logits(x, shift))
     results = SerialExecutor(progress=False).run(runner, cells)
     assert [r.status for r in results] == ["ok"] * 5
-    # One batch for all five cells' rows; the rest are the clean cell's latency facts (one
-    # row alone, one full pack) when no earlier test measured them.
-    assert [n for n in sizes if 1 < n < served.net.slots] == [5 * ROWS]
+    # One batch for all five cells' rows and the clean cell's checklist sample; the rest
+    # are its latency facts (one row alone, one full pack) if no earlier test took them.
+    assert [n for n in sizes if 1 < n < served.net.slots] == [5 * ROWS + CHECK_ROWS]
     clean = results[0]
     x = digits.x_test[:ROWS]
     by_hand = float((logits(x).argmax(1) == digits.y_test[:ROWS]).mean())
