@@ -130,8 +130,9 @@ class ConfidenceClip(Defense):
 
 
 class InputNoiseDefense(Defense):
-    """Random input perturbation: uniform noise in [-r, r] added before classification,
-    attacked with Expectation over Transformation.
+    """Random input perturbation: uniform noise in [-r, r] added before classification.
+
+    Attacked with Expectation over Transformation.
 
     Cohen et al., 2019, "Certified Adversarial Robustness via Randomized Smoothing" (for
     context: this is a single noisy draw, not the certified smoothed classifier).

@@ -133,8 +133,9 @@ class ReconstructionDetector:
 
 
 class MagNet(Defense):
-    """MagNet: an autoencoder reformer before the classifier and a reconstruction-error
-    detector that rejects inputs far from the clean data.
+    """MagNet: an autoencoder reforms inputs; a reconstruction-error detector rejects some.
+
+    The detector rejects inputs far from the clean data.
 
     Meng and Chen, 2017, "MagNet: a Two-Pronged Defense against Adversarial Examples";
     attacked end to end through the reformer as in Carlini and Wagner, 2017, "MagNet and

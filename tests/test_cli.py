@@ -299,9 +299,9 @@ def test_describe_a_defense_shows_stage_adaptive_and_evaluation():
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["kind"] == "defense" and info["stage"] == "input"
-    assert info["adaptive"] is True and "gradients" in info["evaluation"]
+    assert info["adaptive"] is True and "gradient" in info["evaluation"]
     assert info["distribution"] == "ml-gauntlet" and info["plugin"] == "defenses"
-    assert [p["name"] for p in info["parameters"]] == ["r"]
+    assert [p["name"] for p in info["parameters"]] == ["r", "eot"]
     assert info["parameters"][0]["bounds"] == "> 0"
     text = gauntlet("describe", "input-noise").stdout
     assert "(defense, stage input)" in text and "adaptive:   yes" in text
@@ -327,7 +327,8 @@ def test_describe_a_loader_plugin_shows_its_hooks():
 def test_describe_unknown_name_exits_2_with_suggestions_and_the_known_names():
     proc = gauntlet("describe", "fgms")
     assert_bad_input(proc, "no attack, defense, metric or plugin is called 'fgms'",
-                     "did you mean fgsm?", "known attacks: fgsm", "metrics: ", "plugins: ")
+                     "did you mean fgsm?", "known attacks: bim, cw-l2, deepfool, fgsm",
+                     "metrics: ", "plugins: ")
     assert proc.stdout == ""
     assert_bad_input(gauntlet("describe", "fgsm", "--kind", "defense"),
                      "no defense is called 'fgsm'", "known defenses: ")
