@@ -343,7 +343,8 @@ def _unbounded(points: list[_Point]) -> Check:
     if not candidates:
         return _check("unbounded", NA, "No minimal-perturbation attack ran, and no "
                       "budgeted attack other than the noise baseline.")
-    best = min(candidates, key=lambda p: (p.value.value, p.minimal is False))
+    # the lowest; of equals, the one with the tightest interval (most rows)
+    best = min(candidates, key=lambda p: (p.value.value, _interval(p.value)[1]))
     kind = "a minimal-perturbation attack (unbounded)" if best.minimal else \
         "at the largest budget run"
     said = f"{best.label}, {kind}, leaves {_show(best.value)} robust on {best.value.n} rows"
@@ -453,8 +454,8 @@ def _repeatable(checks: Mapping[str, Any] | None, params: Mapping[str, Any]) -> 
                       f"attacked with EOT over eot={eot} draws (Athalye et al., 2018).")
     shown = f"its parameters show eot={eot}" if eot is not None else "it has no eot parameter"
     return _check("repeatable", WARN, f"{said}: the defense is randomised, and {shown}: "
-                  "gradient attacks must average over its randomness (EOT, Athalye et al., "
-                  "2018), else its robust accuracies overstate it.")
+                  "attacks must average their gradients or queries over its randomness (EOT, "
+                  "Athalye et al., 2018), else its robust accuracies overstate it.")
 
 
 def _adaptive(adaptive: Any) -> Check:
