@@ -56,6 +56,19 @@ def _image_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
     return 1, 1, int(np.prod(shape))
 
 
+def _refuse_packed(model: Model) -> None:
+    """A query attack asks in hundreds of small rounds; a deployment that answers a
+    packed batch at a fixed cost (encrypted inference: about 2 s per round, however few
+    rows) would make one cell take many minutes, and rounds that depend on the answers
+    cannot be packed ahead. Not run there, with the reason."""
+    served = model.served
+    if served is not None and served.pack > 1:
+        raise NotApplicable(
+            "a query attack sends hundreds of dependent rounds, and this deployment "
+            f"answers each round at the cost of {served.pack} rows (encrypted inference); "
+            "its answers equal the plaintext twin's, which white-box attacks cover")
+
+
 class Square(EvasionAttack):
     """Square Attack: random search over square updates at the L-infinity ball's vertices.
 
@@ -87,6 +100,10 @@ class Square(EvasionAttack):
     rows: int = param(100, "test rows to attack, from the first (0: every evaluated row; "
                       "limited to 100 by default to bound the queries)", ge=0)
     batch_size: int = param(0, "rows per generate() call (0: all rows in one call)", ge=0)
+
+    def check(self, model: Model) -> None:
+        super().check(model)
+        _refuse_packed(model)
 
     def generate(self, model: Model, x: np.ndarray, y: np.ndarray,
                  rng: np.random.Generator) -> np.ndarray:
@@ -201,6 +218,10 @@ class HopSkipJump(EvasionAttack):
                       "limited to 25 by default: a row costs up to max_queries queries)",
                       ge=0)
     batch_size: int = param(0, "rows per generate() call (0: all rows in one call)", ge=0)
+
+    def check(self, model: Model) -> None:
+        super().check(model)
+        _refuse_packed(model)
 
     def generate(self, model: Model, x: np.ndarray, y: np.ndarray,
                  rng: np.random.Generator) -> np.ndarray:
@@ -346,6 +367,7 @@ class OnePixel(EvasionAttack):
 
     def check(self, model: Model) -> None:
         super().check(model)
+        _refuse_packed(model)
         if len(model.input_shape) != 3:
             raise NotApplicable(f"changes pixels of images shaped (C, H, W); this model's "
                                 f"inputs are shaped {model.input_shape}")

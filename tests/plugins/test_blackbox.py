@@ -349,3 +349,29 @@ def flat_model(model: Model) -> Model:
 def flat_data(dataset: Dataset) -> Dataset:
     return dataclasses.replace(dataset, x_train=dataset.x_train.reshape(-1, 64),
                                x_test=dataset.x_test.reshape(-1, 64))
+
+
+def test_query_attacks_are_not_applicable_behind_a_packing_deployment(digits_model) -> None:
+    """Encrypted inference answers each round at the cost of a full pack: hundreds of
+    dependent rounds would take an audit many minutes, so the cell says why it did not
+    run instead of hanging; in the clear the same attacks apply."""
+    import torch
+
+    from gauntlet import NotApplicable
+    from gauntlet.serving import Served
+
+    class Packed(Served, torch.nn.Module):
+        pack = 4096
+
+        def __init__(self, inner):
+            torch.nn.Module.__init__(self)
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    packed = digits_model.deploy(serve=Packed)
+    for cls in (blackbox.Square, blackbox.HopSkipJump, blackbox.OnePixel):
+        with pytest.raises(NotApplicable, match="dependent rounds"):
+            cls().check(packed)
+        cls().check(digits_model.deploy())
