@@ -27,7 +27,8 @@ from gauntlet.reports.tables import format_interval, format_value, metric_meta
 #: Every built-in metric that is a proportion, printed as a percentage.
 PROPORTIONS = {"clean_accuracy", "robust_accuracy", "attack_success_rate", "precision",
                "recall", "f1", "confidence", "poisoned_accuracy", "membership_accuracy",
-               "top_class_share", "probe_confidence", "fidelity", "substitute_accuracy"}
+               "top_class_share", "probe_confidence", "fidelity", "substitute_accuracy",
+               "naive_robust_accuracy", "detection_rate", "false_rejection_rate"}
 
 
 def onehot(labels, n_classes: int = 3, top: float = 0.9) -> np.ndarray:
@@ -54,7 +55,7 @@ def test_registered_with_metadata():
     registry = make_registry(entrypoints=False, plugins={"metrics": m})
     assert not registry.broken
     assert set(registry.metrics) == {cls.name for cls in m.METRICS}
-    assert len(m.METRICS) == 15
+    assert len(m.METRICS) == 18
     for cls in m.METRICS:
         assert re.fullmatch(r"[a-z][a-z0-9_]*", cls.name), cls.name
         assert cls.title and cls.title[0].isupper() and "_" not in cls.title
@@ -72,6 +73,7 @@ def test_registered_with_metadata():
     assert formats["membership_auc"] == ("number", (0.0, 1.0))
     assert directions["robust_accuracy"] and not directions["attack_success_rate"]
     assert not directions["membership_auc"] and not directions["accuracy_drop"]
+    assert directions["detection_rate"] and not directions["false_rejection_rate"]
 
 
 def test_prediction_metrics_apply_to_every_prediction_outcome():
@@ -112,6 +114,36 @@ def test_attack_success_rate_counts_only_initially_correct_rows():
     assert (asr.low, asr.high) == pytest.approx(wilson(2, 4))
     assert_interval_holds(asr)
     assert_interval_holds(robust)
+
+
+def test_naive_robust_accuracy_reads_the_naive_probabilities_not_the_adaptive_ones():
+    y = np.array([0, 1, 2, 0, 1])
+    adaptive = np.array([1, 1, 0, 2, 0])  # 1 of 5 right
+    naive = np.array([0, 1, 2, 2, 1])  # 4 of 5 right
+    outcome = EvasionOutcome(y, onehot(adaptive), proba_clean=onehot(y),
+                             proba_naive=onehot(naive))
+    v = m.NaiveRobustAccuracy().evaluate(outcome)
+    assert (v.value, v.n) == (0.8, 5)
+    assert (v.low, v.high) == pytest.approx(wilson(4, 5))
+    assert m.RobustAccuracy().evaluate(outcome).value == pytest.approx(0.2)
+    # Without naive probabilities (an undefended cell) the metric does not apply.
+    assert not m.NaiveRobustAccuracy().applies(EvasionOutcome(y, onehot(adaptive)))
+
+
+def test_detection_and_false_rejection_rates_count_rejected_rows():
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    rejected = np.array([1, 1, 1, 0, 1, 0, 1, 1], bool)  # 6 of 8 adversarial rows
+    rejected_clean = np.array([0, 0, 1, 0, 0, 0, 0, 0], bool)  # 1 of 8 clean rows
+    outcome = EvasionOutcome(y, onehot(y), proba_clean=onehot(y), rejected=rejected,
+                             rejected_clean=rejected_clean)
+    detected = m.DetectionRate().evaluate(outcome)
+    false = m.FalseRejectionRate().evaluate(outcome)
+    assert (detected.value, detected.n) == (0.75, 8)
+    assert (false.value, false.n) == (0.125, 8)
+    assert (detected.low, detected.high) == pytest.approx(wilson(6, 8))
+    assert (false.low, false.high) == pytest.approx(wilson(1, 8))
+    plain = EvasionOutcome(y, onehot(y))
+    assert not m.DetectionRate().applies(plain) and not m.FalseRejectionRate().applies(plain)
 
 
 def test_attack_success_rate_without_correct_rows_is_nan():
