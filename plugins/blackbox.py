@@ -69,7 +69,15 @@ def _refuse_packed(model: Model) -> None:
             "its answers equal the plaintext twin's, which white-box attacks cover")
 
 
-class Square(EvasionAttack):
+class _QueryAttack(EvasionAttack):
+    """Base of the attacks here: they learn only from the answers, round after round."""
+
+    def check(self, model: Model) -> None:
+        super().check(model)
+        _refuse_packed(model)
+
+
+class Square(_QueryAttack):
     """Square Attack: random search over square updates at the L-infinity ball's vertices.
 
     Andriushchenko, Croce, Flammarion and Hein, 2020, "Square Attack: a query-efficient
@@ -100,10 +108,6 @@ class Square(EvasionAttack):
     rows: int = param(100, "test rows to attack, from the first (0: every evaluated row; "
                       "limited to 100 by default to bound the queries)", ge=0)
     batch_size: int = param(0, "rows per generate() call (0: all rows in one call)", ge=0)
-
-    def check(self, model: Model) -> None:
-        super().check(model)
-        _refuse_packed(model)
 
     def generate(self, model: Model, x: np.ndarray, y: np.ndarray,
                  rng: np.random.Generator) -> np.ndarray:
@@ -177,7 +181,7 @@ MIN_EVALS = 10
 PUSH = (1.0, 1.1, 1.25, 1.5, 2.0, 3.0)
 
 
-class HopSkipJump(EvasionAttack):
+class HopSkipJump(_QueryAttack):
     """HopSkipJump: the smallest L2 change that flips a row, found from labels alone.
 
     Chen, Jordan and Wainwright, 2020, "HopSkipJumpAttack: A Query-Efficient
@@ -218,10 +222,6 @@ class HopSkipJump(EvasionAttack):
                       "limited to 25 by default: a row costs up to max_queries queries)",
                       ge=0)
     batch_size: int = param(0, "rows per generate() call (0: all rows in one call)", ge=0)
-
-    def check(self, model: Model) -> None:
-        super().check(model)
-        _refuse_packed(model)
 
     def generate(self, model: Model, x: np.ndarray, y: np.ndarray,
                  rng: np.random.Generator) -> np.ndarray:
@@ -333,7 +333,7 @@ class HopSkipJump(EvasionAttack):
         return (1 - hi[:, None]) * origin + hi[:, None] * far
 
 
-class OnePixel(EvasionAttack):
+class OnePixel(_QueryAttack):
     """One-pixel attack: differential evolution over the positions and values of a few pixels.
 
     Su, Vargas and Sakurai, 2019, "One Pixel Attack for Fooling Deep Neural Networks"
@@ -367,7 +367,6 @@ class OnePixel(EvasionAttack):
 
     def check(self, model: Model) -> None:
         super().check(model)
-        _refuse_packed(model)
         if len(model.input_shape) != 3:
             raise NotApplicable(f"changes pixels of images shaped (C, H, W); this model's "
                                 f"inputs are shaped {model.input_shape}")
