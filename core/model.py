@@ -59,6 +59,8 @@ class Recipe:
     description: str = ""
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     _cache: dict[str, torch.nn.Module] = dataclasses.field(default_factory=dict, repr=False)
+    #: The cache-key suffix of this recipe's own ``fit`` ("" for the original one).
+    _fit_key: str = dataclasses.field(default="", repr=False)
 
     def train(self, x: np.ndarray, y: np.ndarray, seed: int,
               fit: Callable[[torch.nn.Module, np.ndarray, np.ndarray, int], None] | None
@@ -67,13 +69,25 @@ class Recipe:
         own when None), cached. Another ``fit`` is part of the cache key through its
         ``repr``, which must name it and every setting (a frozen dataclass's does, e.g.
         :class:`gauntlet.training.AdversarialFit`)."""
-        key = _fingerprint(x, y, seed) + ("" if fit is None else f"|{fit!r}")
+        key = _fingerprint(x, y, seed) + (self._fit_key if fit is None else f"|{fit!r}")
         if key not in self._cache:
             module = self.build()
             (fit or self.fit)(module, x, y, seed)
             module.eval()
             self._cache[key] = module
         return self._cache[key]
+
+    def with_fit(self, fit: Callable[[torch.nn.Module, np.ndarray, np.ndarray, int], None]
+                 ) -> Recipe:
+        """This recipe training with ``fit`` instead (same build, options and cache).
+
+        A training-time defense leaves it on the model it returns, so that whatever
+        re-trains the defended model (a poisoning attack, shadow models) trains it the
+        defended way; ``fit``'s ``repr`` keys the cache, as in :meth:`train`.
+        """
+        return dataclasses.replace(self, fit=fit, description=f"{self.description}, "
+                                   f"then {fit!r}" if self.description else repr(fit),
+                                   _cache=self._cache, _fit_key=f"|{fit!r}")
 
 
 def _fingerprint(x: np.ndarray, y: np.ndarray, seed: int) -> str:
@@ -361,14 +375,18 @@ class Model:
                       eot=eot)
         return self._derived(self._base, self._layers + (layer,))
 
-    def with_module(self, module: torch.nn.Module) -> Model:
-        """The same deployment (every defense included) around another base module."""
-        return self._derived(module, self._layers)
+    def with_module(self, module: torch.nn.Module, recipe: Recipe | None = None) -> Model:
+        """The same deployment (every defense included) around another base module;
+        ``recipe``, when given, replaces the model's (a training-time defense passes its
+        own: :meth:`Recipe.with_fit`)."""
+        return self._derived(module, self._layers, recipe)
 
-    def _derived(self, base: Any, layers: tuple[Layer, ...]) -> Model:
+    def _derived(self, base: Any, layers: tuple[Layer, ...],
+                 recipe: Recipe | None = None) -> Model:
         new = Model(base, input_shape=self.input_shape, n_classes=self.n_classes,
-                    clip_values=self.clip_values, access=self._base_access, recipe=self.recipe,
-                    name=self.name, source=self.source, batch_size=self.batch_size)
+                    clip_values=self.clip_values, access=self._base_access,
+                    recipe=recipe or self.recipe, name=self.name, source=self.source,
+                    batch_size=self.batch_size)
         new._layers = layers
         new._compose()
         return new

@@ -57,7 +57,8 @@ class AdversarialTraining(Defense):
                              clip_values=model.clip_values)
         seed = int(rng.integers(2**31))  # the training's shuffles and random starts
         module = recipe.train(dataset.x_train, dataset.y_train, seed, fit=fit)
-        return model.with_module(module)
+        # Re-trained by a poisoning attack, the defended model trains adversarially too.
+        return model.with_module(module, recipe=recipe.with_fit(fit))
 
 
 @hookimpl

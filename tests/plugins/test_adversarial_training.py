@@ -74,11 +74,28 @@ def test_keeps_the_deployment(digits, digits_model, rng):
     """Stacked on an output defense, the re-trained model is served behind it."""
     clipped = ConfidenceClip().apply(digits_model, digits, rng)
     trained = AdversarialTraining(steps=1, epochs=1).apply(clipped, digits, rng)
-    assert trained.access is Access.SCORES and trained.recipe is digits_model.recipe
+    assert trained.access is Access.SCORES
     cap = 1.0 / (1.0 + 9 * np.exp(-2 * 2.0))  # confidence-clip's cap at r = 2
     assert trained.predict(digits.x_test[:20]).max() <= cap + 1e-6
     assert not np.allclose(trained.predict(digits.x_test[:50]),
                            clipped.predict(digits.x_test[:50]))
+
+
+def test_the_defended_model_re_trains_adversarially(digits, digits_model, rng):
+    """A poisoning attack re-trains the defended model through its recipe: that recipe
+    must train adversarially too, or the poisoning row of adv-training would measure the
+    undefended model (it did, until this test)."""
+    defense = AdversarialTraining(steps=1, epochs=1)
+    trained = defense.apply(digits_model, digits, rng)
+    x, y = digits.x_train[:128], digits.y_train[:128]
+    fit = AdversarialFit(eps=defense.eps, steps=1, epochs=1, lr=3e-3)
+    plain = digits_model.require_recipe().train(x, y, 5)
+    adversarial = digits_model.require_recipe().train(x, y, 5, fit=fit)
+    again = trained.retrain(x, y, 5)
+    assert again._base is adversarial and again._base is not plain  # the same cached fit
+    assert trained.require_recipe().train(x, y, 5, fit=None) is adversarial
+    assert digits_model.require_recipe().train(x, y, 5) is plain  # the original unchanged
+    assert "AdversarialFit" in trained.require_recipe().description
 
 
 def test_a_short_adversarial_training_raises_pgd_robust_accuracy(digits, digits_model, rng):
