@@ -278,6 +278,17 @@ class Model:
         """The gradient of the mean cross-entropy over the rows given (one batch) with
         respect to each input, through the deployment's gradient stand-ins; needs gradient
         access. The forward pass it takes also counts as the rows' clean predictions."""
+        return self.loss_gradient_and_scores(x, y)[0]
+
+    def loss_gradient_and_scores(self, x: np.ndarray,
+                                 y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`loss_gradient`, and the class probabilities of the same forward pass
+        when they are exactly what the deployment serves for these rows, else None (an
+        EOT average, or a gradient stand-in whose values differ from the served ones).
+
+        An iterative attack uses them to stop on a row that is already misclassified
+        (the row's served answer is known to be wrong) without spending another query.
+        """
         import torch
         import torch.nn.functional as F
 
@@ -288,9 +299,11 @@ class Model:
         loss = F.cross_entropy(logits, torch.as_tensor(np.asarray(y, dtype=np.int64)))
         # autograd.grad asks for the input's gradient only: no weight gradient is computed.
         (grad,) = torch.autograd.grad(loss, xb)
-        if self._gradient_values_served:
-            self._remember(x, softmax(logits.detach().float().cpu().numpy()))
-        return grad.cpu().numpy()
+        if not self._gradient_values_served:
+            return grad.cpu().numpy(), None
+        scores = softmax(logits.detach().float().cpu().numpy())
+        self._remember(x, scores)
+        return grad.cpu().numpy(), scores
 
     def differentiable(self) -> torch.nn.Module:
         """A torch module computing the deployed logits, for attacks written in torch or
