@@ -70,7 +70,7 @@ def test_metadata_docstring_and_declared_parameters(cls: type[EvasionAttack]) ->
 
 def test_access_budgets_and_sweeps() -> None:
     assert blackbox.Square.needs is Access.SCORES and blackbox.Square.norm == "linf"
-    assert [p["eps"] for p, _ in blackbox.Square.grid()] == list(evasion.EPS_SWEEP)
+    assert [p["eps"] for p, _ in blackbox.Square.grid()] == list(evasion.EPS_SWEEP[1:])
     assert blackbox.HopSkipJump.needs is Access.LABELS
     assert blackbox.HopSkipJump.minimal and blackbox.HopSkipJump.norm == ""
     assert len(blackbox.HopSkipJump.grid()) == 1  # minimal: no budget to sweep
