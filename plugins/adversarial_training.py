@@ -28,8 +28,9 @@ class AdversarialTraining(Defense):
     Resistant to Adversarial Attacks". Each minibatch is replaced by its PGD examples
     (L-infinity ball of radius eps, uniform random start, ``steps`` signed steps of
     ``2.5 * eps / steps``) and Adam steps on their loss, at the recipe's learning rate
-    (``recipe.options["lr"]``, else the built-in loop's 3e-3); the seed comes from the
-    cell's generator.
+    (``recipe.options["lr"]``, else the built-in loop's 3e-3), seeded by ``train_seed``
+    like a poisoning attack's trainings: the clean reference a poisoning cell trains
+    under this defense is then this very model, trained once.
 
     Limited for the demo: Madry et al. train MNIST with 40 PGD steps for about 100
     epochs; the defaults here (5 steps, 10 epochs) re-train the digits CNN in a few
@@ -49,14 +50,15 @@ class AdversarialTraining(Defense):
     eps: float = param(0.1, "L-infinity radius of the PGD examples trained on", gt=0)
     steps: int = param(5, "PGD steps per training example (small: the demo's budget)", ge=1)
     epochs: int = param(10, "passes over the training split", ge=1)
+    train_seed: int = param(0, "seed of the training's shuffles and random starts (a "
+                            "poisoning attack's train_seed, 0 by default, re-uses it)", ge=0)
 
     def apply(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> Model:
         recipe = model.require_recipe()
         lr = float(recipe.options.get("lr", DEFAULT_LR))
         fit = AdversarialFit(eps=self.eps, steps=self.steps, epochs=self.epochs, lr=lr,
                              clip_values=model.clip_values)
-        seed = int(rng.integers(2**31))  # the training's shuffles and random starts
-        module = recipe.train(dataset.x_train, dataset.y_train, seed, fit=fit)
+        module = recipe.train(dataset.x_train, dataset.y_train, self.train_seed, fit=fit)
         # Re-trained by a poisoning attack, the defended model trains adversarially too.
         return model.with_module(module, recipe=recipe.with_fit(fit))
 

@@ -31,7 +31,7 @@ def test_registered_as_an_adaptive_training_defense():
     assert not registry.broken and set(registry.defenses) == {"adv-training"}
     cls = registry.defenses["adv-training"]
     assert cls.stage is Stage.TRAINING and cls.adaptive is True and cls.evaluation
-    assert (cls().eps, cls().steps, cls().epochs) == (0.1, 5, 10)
+    assert (cls().eps, cls().steps, cls().epochs, cls().train_seed) == (0.1, 5, 10, 0)
 
 
 def test_not_applicable_without_a_recipe(digits, digits_model, rng):
@@ -96,6 +96,12 @@ def test_the_defended_model_re_trains_adversarially(digits, digits_model, rng):
     assert trained.require_recipe().train(x, y, 5, fit=None) is adversarial
     assert digits_model.require_recipe().train(x, y, 5) is plain  # the original unchanged
     assert "AdversarialFit" in trained.require_recipe().description
+    # The clean reference of a poisoning cell (train_seed 0 on the training split) is
+    # the defended model itself: trained once, not again.
+    assert trained.retrain(digits.x_train, digits.y_train, 0)._base is trained._base
+    other = AdversarialTraining(steps=1, epochs=1, train_seed=1).apply(digits_model, digits,
+                                                                        rng)
+    assert other._base is not trained._base
 
 
 def test_a_short_adversarial_training_raises_pgd_robust_accuracy(digits, digits_model, rng):
