@@ -37,7 +37,10 @@ WORST_CASE_ENTRY = {
     "family": "evasion", "needs": "none", "derived": True, "parameters": [],
     "description": "Per row, the worst case over every evasion attack run at the same "
                    "budget (AutoAttack's rule): a row is robust only if it survived them "
-                   "all. Computed from the cells' per-row results; no extra queries.",
+                   "all. Computed from the cells' per-row results; no extra queries. It "
+                   "rests on the rows every one of them attacked: where a row-limited "
+                   "attack (square: 100 rows) runs, on those rows only, so compare it with "
+                   "the other attacks on the same rows, not with their full-row numbers.",
     "plugin": "core", "distribution": "gauntlet", "version": ""}
 
 

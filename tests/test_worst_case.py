@@ -106,3 +106,28 @@ def test_derived_cells_are_not_stored_and_are_recomputed_on_resume(audit, digits
     after = {c["id"]: c["metrics"] for c in resumed.cells if c.get("derived")}
     assert after == before
     assert resumed.result["checklist"] == audit.result["checklist"]
+
+
+def test_with_a_row_limited_attack_it_rests_on_the_shared_rows(digits, digits_model, folder):
+    """Square attacks only its first rows: the worst case is then over those rows, and
+    never above any attack's accuracy on them (a full-row attack's own number may be
+    lower: it is measured on other rows too)."""
+    from gauntlet.rows import unpack
+
+    result = gauntlet.audit(model=digits_model, data=digits, samples=80, seed=0,
+                            out=folder / "limited", defenses=["none"],
+                            attacks={"fgsm": {"eps": [0.1]}, "pgd": {"eps": [0.1],
+                                                                     "max_iter": 5},
+                                     "square": {"eps": [0.1], "rows": 30,
+                                                "max_queries": 20}})
+    (worst,) = [c for c in result.cells if c.get("derived")]
+    assert worst["n"] == 30
+    shared = None
+    for cell in result.records:  # with their per-row results
+        if cell["attack"] in ("fgsm", "pgd", "square"):
+            rows = unpack(cell["rows"])
+            on_shared = rows["correct_after"][np.isin(rows["row"], np.arange(30))]
+            assert len(on_shared) == 30
+            assert worst["metrics"]["robust_accuracy"]["value"] <= on_shared.mean() + 1e-12
+            shared = on_shared if shared is None else shared & on_shared
+    assert worst["metrics"]["robust_accuracy"]["value"] == pytest.approx(shared.mean())
