@@ -5,13 +5,19 @@ global figure state) inside an ``rc_context``: text stays text (``svg.fonttype: 
 smaller and searchable) and ids come from a fixed per-chart salt, so the same result
 always gives the same bytes. Label text is escaped by matplotlib's SVG writer; the
 finished SVG is our own output and is marked safe here, never in a template.
+
+A report has a few dozen charts, so each is drawn with as little repeated work as gives
+the same picture: margins measured once instead of a layout engine, axis labels placed
+once rather than at every draw, one figure reused for the charts of a kind (its axes and
+ticks made once), and text measured once for all charts.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +42,10 @@ AUC_METRIC = "membership_auc"
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
            "#F0E442")
+# Margins in inches: below and above the axes of a 5 x 3.2 chart (room for the x
+# label, and for the title), and the gap constrained layout leaves at a figure's edge.
+_WIDE_BOTTOM_TOP = (0.43, 0.225)
+_EDGE = 3 / 72
 MAX_CURVE_POINTS = 400  # an ROC with thousands of thresholds draws the same at 400
 _RC: dict[str, Any] = {
     "svg.fonttype": "none",
@@ -53,6 +63,9 @@ _RC: dict[str, Any] = {
     "legend.frameon": False,
     "path.simplify": True,
     "axes.axisbelow": True,
+    # A fixed title height: matplotlib then skips measuring every tick label to find
+    # room above the axes, where these charts have no ticks anyway.
+    "axes.titley": 1.0,
 }
 
 
@@ -77,23 +90,129 @@ def _text(text: str) -> str:
 
 
 @contextmanager
-def _figure(chart_id: str, size: tuple[float, float]) -> Iterator[Figure]:
-    import matplotlib
+def _figure(size: tuple[float, float]) -> Iterator[Figure]:
+    """A figure in the report's style; the style stays on while it is drawn and saved.
+
+    No layout engine: with constrained layout a save drew the figure twice and measured
+    every text at each, about half of each chart's time; :func:`_svg` places the axes
+    itself, measuring once. At 72 dpi, the SVG writer's own, a :func:`_measurer`
+    measures text exactly as the saved figure draws it.
+    """
     from matplotlib.figure import Figure
 
-    # A salt per chart keeps clip-path and marker ids unique across the inline SVGs
-    # of one page, and fixed, so output is deterministic.
-    rc: Any = {**_RC, "svg.hashsalt": f"gauntlet-{chart_id}"}
-    with matplotlib.rc_context(rc):
-        yield Figure(figsize=size, layout="constrained")
+    with _style():
+        yield Figure(figsize=size, dpi=72)
 
 
-def _svg(fig: Figure) -> Markup:
+def _style() -> Any:
+    """The report's matplotlib style, as an ``rc_context``."""
+    import matplotlib
+
+    rc: Any = _RC
+    return matplotlib.rc_context(rc)
+
+
+class _Sheet:
+    """One figure that draws a run of charts of one kind, one after another.
+
+    Making an axes and its ticks is a good part of a chart's time, and the charts of a
+    run have the same ones: each chart gets the axes back emptied of the last chart's
+    data, legend and limits. The figure is made for the first chart, so a result without
+    charts never imports matplotlib.
+    """
+
+    def __init__(self, size: tuple[float, float]) -> None:
+        self._size = size
+        self._ax: Any = None
+
+    @contextmanager
+    def axes(self) -> Iterator[Any]:
+        """The empty axes, in the report's style while the chart is built and drawn."""
+        with _style():
+            if self._ax is None:
+                from matplotlib.figure import Figure
+
+                # See _figure for the dpi.
+                self._ax = Figure(figsize=self._size, dpi=72).add_subplot()
+            else:
+                ax = self._ax
+                for container in list(ax.containers):
+                    container.remove()
+                for artist in [*ax.lines, *ax.collections, *ax.patches, *ax.texts]:
+                    artist.remove()
+                if ax.get_legend() is not None:
+                    ax.get_legend().remove()
+                ax.relim()  # data limits of no data: the next chart's alone
+                ax.set_autoscale_on(True)
+            yield self._ax
+
+
+@functools.cache
+def _writer_class() -> Any:
+    """matplotlib's SVG renderer, with text measurements shared by every chart.
+
+    The stock renderer caches them per renderer, that is per chart; most strings (tick
+    labels, axis labels, legend names) recur from chart to chart, and measuring one
+    loads every glyph outline afresh. A measurement depends only on the text, its font
+    properties and whether it is mathtext, never on the chart, so sharing it changes
+    no output.
+    """
+    from matplotlib.backends.backend_svg import RendererSVG
+    from matplotlib.textpath import TextToPath
+
+    measure = TextToPath()  # what RendererSVG measures text with
+
+    @functools.lru_cache(maxsize=4096)
+    def metrics(text: str, prop: Any, ismath: Any) -> tuple[float, float, float]:
+        return measure.get_text_width_height_descent(text, prop, ismath)
+
+    class SharedMetricsSVG(RendererSVG):  # type: ignore[misc]
+        def get_text_width_height_descent(self, s: str, prop: Any,
+                                          ismath: Any) -> tuple[float, float, float]:
+            # A copy for the key: FontProperties is mutable, and so is its hash.
+            return metrics(s, prop.copy(), ismath)
+
+    return SharedMetricsSVG
+
+
+def _measurer(fig: Figure) -> Any:
+    """A renderer that only measures text and legends for ``fig``; it draws nothing."""
     import io
 
+    width, height = fig.get_size_inches()
+    return _writer_class()(width * 72, height * 72, io.StringIO())
+
+
+def _svg(fig: Figure, chart_id: str, right: float | Callable[[float], float],
+         bottom: float, top: float) -> Markup:
+    """The figure as inline SVG, its axes ``right``, ``bottom`` and ``top`` inches from the
+    figure's edges, and as far from the left one as their y tick labels and y label take
+    (plus :data:`_EDGE`), as constrained layout would place them. ``right`` may depend on
+    that left margin.
+
+    Drawn as ``savefig(format="svg")`` draws it (a 72-dpi figure drawn by matplotlib's
+    SVG renderer), by a renderer that shares text measurements across charts.
+    """
+    import io
+
+    import matplotlib
+
+    (ax,) = fig.axes
+    width, height = fig.get_size_inches()
+    left = _place_axis_labels(ax, _measurer(fig)) / 72 + _EDGE
+    if callable(right):
+        right = right(left)
+    fig.subplots_adjust(left=left / width, right=1 - right / width,
+                        bottom=bottom / height, top=1 - top / height)
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg",
-                metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    # A salt per chart keeps clip-path and marker ids unique across the inline SVGs
+    # of one page, and fixed, so output is deterministic.
+    with matplotlib.rc_context({"svg.hashsalt": f"gauntlet-{chart_id}"}):
+        renderer = _writer_class()(
+            width * 72, height * 72, buffer,
+            metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+        fig.draw(renderer)
+        renderer.finalize()
     svg = buffer.getvalue()
     svg = svg[svg.index("<svg"):]  # drop the XML declaration and DOCTYPE
     # Inline SVG in HTML needs no namespace declarations; dropping them keeps every URL
@@ -101,6 +220,64 @@ def _svg(fig: Figure) -> Markup:
     svg = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)
     svg = svg.replace("<svg ", '<svg role="img" ', 1)
     return Markup(svg)  # our own output; matplotlib escaped the label text
+
+
+def _place_axis_labels(ax: Any, renderer: Any) -> float:
+    """Fix each axis label where matplotlib would put it: ``labelpad`` beyond its tick
+    labels. Measured once here; left to itself, matplotlib lays out every tick label
+    again at each draw to find that place.
+
+    Returns how far (in points) the y tick labels and the y label reach left of the axes.
+    """
+    from matplotlib.text import Text
+    from matplotlib.transforms import offset_copy
+
+    fig = ax.get_figure()
+    reach = 0.0
+    for axis, x, y in ((ax.xaxis, 0.5, 0.0), (ax.yaxis, 0.0, 0.5)):
+        lo, hi = sorted(axis.get_view_interval())
+        slack = (hi - lo) * 1e-10
+        locs = axis.get_majorticklocs()
+        labels = [text for loc, text in zip(locs, axis.get_major_formatter().format_ticks(locs))
+                  if lo - slack <= loc <= hi + slack and text]
+        tick = axis.majorTicks[0]  # carries the tick_params every tick gets
+        ticks = tick.get_tick_padding()  # the tick marks
+        if labels:  # and their labels
+            # One text as high as the highest label, or as wide as the widest.
+            probe = Text(text=("" if axis is ax.xaxis else "\n").join(labels),
+                         fontproperties=tick.label1.get_fontproperties())
+            probe.set_figure(fig)
+            box = probe.get_window_extent(renderer)
+            ticks += tick.get_pad() + (box.height if axis is ax.xaxis else box.width)
+        gap = ticks + axis.labelpad
+        shift = {"x": 0.0, "y": -gap} if axis is ax.xaxis else {"x": -gap, "y": 0.0}
+        axis.set_label_coords(x, y, offset_copy(ax.transAxes, fig=fig, units="points",
+                                                **shift))
+        if axis is ax.yaxis:
+            reach = ticks
+            if axis.label.get_text():  # an empty label takes no room
+                reach = gap + axis.label.get_window_extent(renderer).width
+    return reach
+
+
+def _band(xs: Sequence[float], lows: Sequence[float], highs: Sequence[float]) -> Any:
+    """The polygon ``fill_between(xs, lows, highs)`` fills, vertex for vertex."""
+    import numpy as np
+
+    x = np.asarray(xs, dtype=float)
+    return np.column_stack([np.concatenate([x[:1], x, x[-1:], x[::-1]]),
+                            np.concatenate([highs[:1], lows, highs[-1:], highs[::-1]])])
+
+
+def _square_beside(legend: Any, left: float) -> float:
+    """The right margin that leaves square axes, as tall as a 5 x 3.2 chart's, with
+    ``legend`` at their right inside the figure: a wide legend narrows the axes, down
+    to half the figure's height."""
+    fig = legend.get_figure()
+    width, height = fig.get_size_inches()
+    room = legend.get_window_extent(_measurer(fig)).width / fig.dpi
+    side = min(height - sum(_WIDE_BOTTOM_TOP), (width - left - room) / 1.03)
+    return width - left - max(side, height / 2)
 
 
 def _percent_axis(ax: Any, axis: str = "y") -> None:
@@ -132,13 +309,17 @@ def robustness_charts(result: Mapping[str, Any]) -> list[Chart]:
         if cell.get("family") == "baseline" and (v := metric_value(cell, CLEAN_METRIC)) is not None:
             clean.setdefault((d, dp), v)
     attacks = list(dict.fromkeys(a for a, _ in attack_keys(result)))
+    by_attack: dict[str, dict[Key, list[tuple[str, Mapping[str, Any]]]]] = {}
+    for (cd, cdp, ca, cap), cell in index.items():
+        if cell.get("family") == "evasion":
+            by_attack.setdefault(ca, {}).setdefault((cd, cdp), []).append((cap, cell))
+    defenses = defense_keys(result)
+    sheet = _Sheet((5.0, 3.2))
     charts: list[Chart] = []
     for attack in attacks:
         lines: dict[tuple[Key, str], list[tuple[float, float, Any, Any]]] = {}
-        for d in defense_keys(result):
-            for (cd, cdp, ca, cap), cell in index.items():
-                if (cd, cdp) != d or ca != attack or cell.get("family") != "evasion":
-                    continue
+        for d in defenses:
+            for cap, cell in by_attack.get(attack, {}).get(d, []):
                 eps, value = _eps(cell), metric_value(cell, ROBUST_METRIC)
                 if eps is None or value is None:
                     continue
@@ -151,8 +332,8 @@ def robustness_charts(result: Mapping[str, Any]) -> list[Chart]:
                    if a == attack and c.get("status") != "ok"]
         absent = [m for m in dict.fromkeys(missing) if not any(label(*k[0]) == m for k in lines)]
         chart_id = f"robustness-{_safe_id(attack)}-{len(charts)}"
-        with _figure(chart_id, (5.0, 3.2)) as fig:
-            ax = fig.add_subplot()
+        with sheet.axes() as ax:
+            bands, band_colours = [], []
             for i, ((d, other), points) in enumerate(lines.items()):
                 points.sort(key=lambda p: p[0])
                 if d in clean:
@@ -164,9 +345,15 @@ def robustness_charts(result: Mapping[str, Any]) -> list[Chart]:
                         linewidth=1.6, color=colour, label=_text(name))
                 banded = [p for p in points if p[2] is not None and p[3] is not None]
                 if len(banded) > 1:
-                    ax.fill_between([p[0] for p in banded], [p[2] for p in banded],
-                                    [p[3] for p in banded], color=colour, alpha=0.12,
-                                    linewidth=0)
+                    bands.append(_band([p[0] for p in banded], [p[2] for p in banded],
+                                       [p[3] for p in banded]))
+                    band_colours.append(colour)
+            if bands:
+                # One collection for every band: what one fill_between per band draws.
+                from matplotlib.collections import PolyCollection
+
+                ax.add_collection(PolyCollection(bands, facecolors=band_colours, alpha=0.12,
+                                                 linewidth=0))
             ax.set_xlim(left=0)
             ax.set_ylim(0, 1.02)
             if metric_meta(result, ROBUST_METRIC).percent:
@@ -175,7 +362,7 @@ def robustness_charts(result: Mapping[str, Any]) -> list[Chart]:
             ax.set_ylabel("robust accuracy")
             ax.set_title(_text(f"{attack}: robust accuracy vs eps"), loc="left")
             ax.legend(loc="best")
-            svg = _svg(fig)
+            svg = _svg(ax.get_figure(), chart_id, _EDGE, *_WIDE_BOTTOM_TOP)
         caption = ("Shaded bands: 95% intervals. The point at eps = 0 is the defended "
                    "model's clean accuracy.")
         if absent:
@@ -195,10 +382,12 @@ def _thin(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[f
 def roc_charts(result: Mapping[str, Any]) -> list[Chart]:
     """Membership ROC curves, one chart per attack point, one line per defense."""
     index = cell_index(result)
+    defenses = defense_keys(result)
+    sheet = _Sheet((5.0, 3.2))
     charts: list[Chart] = []
     for attack, apoint in attack_keys(result):
         curves = []
-        for d in defense_keys(result):
+        for d in defenses:
             cell = index.get((*d, attack, apoint))
             roc = (cell or {}).get("artifacts", {}).get("roc") if cell else None
             if cell is None or cell.get("status") != "ok" or not roc:
@@ -211,8 +400,7 @@ def roc_charts(result: Mapping[str, Any]) -> list[Chart]:
             continue
         title = f"{label(attack, apoint)}: membership ROC"
         chart_id = f"roc-{_safe_id(label(attack, apoint))}-{len(charts)}"
-        with _figure(chart_id, (5.0, 3.2)) as fig:
-            ax = fig.add_subplot()
+        with sheet.axes() as ax:
             ax.plot([0, 1], [0, 1], linestyle="--", linewidth=1, color="#9aa1a9",
                     label="chance")
             for i, (d, fpr, tpr, auc) in enumerate(curves):
@@ -227,8 +415,9 @@ def roc_charts(result: Mapping[str, Any]) -> list[Chart]:
             ax.set_ylabel("true positive rate")
             ax.set_title(_text(title), loc="left")
             # Beside the square axes, where the curves never are.
-            ax.legend(loc="center left", bbox_to_anchor=(1.03, 0.5))
-            svg = _svg(fig)
+            legend = ax.legend(loc="center left", bbox_to_anchor=(1.03, 0.5))
+            svg = _svg(ax.get_figure(), chart_id, functools.partial(_square_beside, legend),
+                       *_WIDE_BOTTOM_TOP)
         charts.append(Chart(chart_id, title, "The closer a curve hugs the diagonal, the less "
                             "the attacker learns about membership.", svg))
     return charts
@@ -240,10 +429,11 @@ def histogram_charts(result: Mapping[str, Any]) -> list[tuple[str, list[Chart]]]
     The charts of one group share their y scale so heights compare across defenses.
     """
     index = cell_index(result)
+    defenses = defense_keys(result)
     groups: list[tuple[str, list[Chart]]] = []
     for attack, apoint in attack_keys(result):
         hists = []
-        for d in defense_keys(result):
+        for d in defenses:
             cell = index.get((*d, attack, apoint))
             if cell is None or cell.get("status") != "ok":
                 continue
@@ -254,23 +444,33 @@ def histogram_charts(result: Mapping[str, Any]) -> list[tuple[str, list[Chart]]]
             continue
         top = max(max(c) for _, c in hists)
         charts: list[Chart] = []
-        for d, counts in hists:
-            chart_id = f"hist-{_safe_id(label(attack, apoint))}-{len(groups)}-{len(charts)}"
-            peak = max(range(len(counts)), key=counts.__getitem__)
-            share = counts[peak] / sum(counts)
-            with _figure(chart_id, (2.9, 2.0)) as fig:
-                ax = fig.add_subplot()
-                colours = ["#D55E00" if i == peak else "#8da9c4" for i in range(len(counts))]
-                ax.bar(range(len(counts)), counts, color=colours, width=0.8)
-                ax.set_ylim(0, top * 1.08)
-                ax.set_xticks(range(len(counts)))
-                ax.tick_params(labelsize=7)
-                ax.grid(axis="x", visible=False)
-                ax.set_xlabel("predicted class", fontsize=7.5)
+        with _figure((2.9, 2.0)) as fig:
+            # The charts of a group differ only in bar heights, colours and title: one
+            # figure draws them all, its axes and ticks built once.
+            ax: Any = None
+            bars: Any = []
+            for d, counts in hists:
+                chart_id = f"hist-{_safe_id(label(attack, apoint))}-{len(groups)}-{len(charts)}"
+                peak = max(range(len(counts)), key=counts.__getitem__)
+                share = counts[peak] / sum(counts)
+                if len(bars) != len(counts):
+                    if ax is not None:
+                        fig.delaxes(ax)
+                    ax = fig.add_subplot()
+                    bars = ax.bar(range(len(counts)), counts, width=0.8)
+                    ax.set_ylim(0, top * 1.08)
+                    ax.set_xticks(range(len(counts)))
+                    ax.tick_params(labelsize=7)
+                    ax.grid(axis="x", visible=False)
+                    ax.set_xlabel("predicted class", fontsize=7.5)
+                for i, (bar, count) in enumerate(zip(bars, counts)):
+                    bar.set_height(count)
+                    bar.set_facecolor("#D55E00" if i == peak else "#8da9c4")
                 ax.set_title(_text(label(*d)), loc="left", fontsize=8.5)
-                svg = _svg(fig)
-            charts.append(Chart(chart_id, label(*d),
-                                f"top class {peak}: {share * 100:.1f}% of probe inputs", svg))
+                svg = _svg(fig, chart_id, _EDGE, 0.396, 0.215)
+                charts.append(Chart(chart_id, label(*d),
+                                    f"top class {peak}: {share * 100:.1f}% of probe inputs",
+                                    svg))
         groups.append((label(attack, apoint), charts))
     return groups
 
@@ -289,12 +489,14 @@ def l2_charts(result: Mapping[str, Any]) -> list[Chart]:
     from gauntlet.reports.gallery import flipped_l2, is_minimal, l2_accuracy, per_row
 
     index = cell_index(result)
+    defenses = defense_keys(result)
+    hist_sheet, acc_sheet = _Sheet((5.0, 3.2)), _Sheet((5.0, 3.2))
     charts: list[Chart] = []
     for attack, apoint in attack_keys(result):
         if not is_minimal(result, attack):
             continue
         series, without = [], []
-        for d in defense_keys(result):
+        for d in defenses:
             cell = index.get((*d, attack, apoint))
             if cell is None or cell.get("status") != "ok" or cell.get("family") != "evasion":
                 continue
@@ -312,8 +514,7 @@ def l2_charts(result: Mapping[str, Any]) -> list[Chart]:
         unheld = ", ".join(f"{label(*d)}: {int((r['correct_before'] & r['correct_after']).sum())}"
                            for d, r, _ in series)
         chart_id = f"l2-hist-{_safe_id(name)}-{len(charts)}"
-        with _figure(chart_id, (5.0, 3.2)) as fig:
-            ax = fig.add_subplot()
+        with hist_sheet.axes() as ax:
             edges = np.linspace(0.0, top * 1.0001, 21)
             for i, (d, _, f) in enumerate(series):
                 ax.hist(f, bins=edges, histtype="step", linewidth=1.6,
@@ -324,7 +525,8 @@ def l2_charts(result: Mapping[str, Any]) -> list[Chart]:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_title(_text(f"{name}: distance to flip"), loc="left")
             ax.legend(loc="best")
-            svg = _svg(fig)
+            # More room at the right: a tick label can sit on the last edge.
+            svg = _svg(ax.get_figure(), chart_id, 0.1, *_WIDE_BOTTOM_TOP)
         caption = ("Rows right on the clean input that the attack flipped, by the L2 size of "
                    "its change (in input units). Rows it did not flip: " + unheld + ".")
         if without:
@@ -333,8 +535,7 @@ def l2_charts(result: Mapping[str, Any]) -> list[Chart]:
 
         budgets = np.unique(np.concatenate([[0.0], flips, [top * 1.05]]))
         chart_id = f"l2-acc-{_safe_id(name)}-{len(charts)}"
-        with _figure(chart_id, (5.0, 3.2)) as fig:
-            ax = fig.add_subplot()
+        with acc_sheet.axes() as ax:
             for i, (d, r, _) in enumerate(series):
                 acc = l2_accuracy(r["correct_before"], r["correct_after"], r["l2"], budgets)
                 ax.plot(budgets, acc, drawstyle="steps-post", linewidth=1.6,
@@ -346,7 +547,8 @@ def l2_charts(result: Mapping[str, Any]) -> list[Chart]:
             ax.set_ylabel("accuracy")
             ax.set_title(_text(f"{name}: accuracy vs L2 budget"), loc="left")
             ax.legend(loc="best")
-            svg = _svg(fig)
+            # More room at the right: a tick label can sit on the last budget.
+            svg = _svg(ax.get_figure(), chart_id, 0.1, *_WIDE_BOTTOM_TOP)
         charts.append(Chart(chart_id, f"{name}: accuracy vs L2 budget",
                             "Share of rows right on the clean input that an attacker held to "
                             "the budget does not flip: the attack flips a row once the budget "

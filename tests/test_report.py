@@ -501,11 +501,6 @@ def hostile_html() -> str:
     return render_report(hostile_result(), sections=[{"title": HOSTILE, "text": HOSTILE}])
 
 
-# Payload-long names squeeze the chart legends; matplotlib says so, harmlessly.
-quiet_layout = pytest.mark.filterwarnings("ignore:constrained_layout not applied")
-
-
-@quiet_layout
 def test_hostile_plugin_text_stays_inert(hostile_html: str, html: str) -> None:
     page = _tags(hostile_html)
     names = {tag for tag, _ in page.tags}
@@ -589,7 +584,6 @@ def test_report_renders_in_a_browser_under_its_policy(tmp_path: Path, result: di
 
 
 @needs_chromium
-@quiet_layout
 def test_hostile_report_stays_inert_in_a_browser(tmp_path: Path, hostile_html: str) -> None:
     page = tmp_path / "report.html"
     page.write_text(hostile_html, encoding="utf-8")
