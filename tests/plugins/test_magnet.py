@@ -87,13 +87,14 @@ def test_false_rejection_rate_is_near_one_minus_the_quantile(digits, digits_mode
     assert abs(frr - p) <= margin, (frr, p, margin)
 
 
-@pytest.mark.parametrize("attack", [FGSM(eps=0.2), PGD(eps=0.2, rows=ROWS)],
+@pytest.mark.parametrize("attack", [FGSM(eps=0.2), PGD(eps=0.2, rows=ROWS, early_stop=False)],
                          ids=["fgsm", "pgd"])
 def test_naive_adversarial_inputs_are_rejected_more_than_clean(digits, digits_model,
                                                                defended, attack) -> None:
-    """Inputs made against the undefended model are far from the clean data: the detector
-    rejects most of them (measured on the first 200 rows at eps 0.2: 72% FGSM, 77% PGD)
-    and 0.5% of the clean ones."""
+    """Inputs made against the undefended model with all their steps are far from the
+    clean data: the detector rejects most of them (measured on the first 200 rows at eps
+    0.2: 72% FGSM, 77% PGD) and 0.5% of the clean ones. (PGD stopped at each row's first
+    misclassified step stays nearer: 38% rejected.)"""
     x, y = digits.x_test[:ROWS], digits.y_test[:ROWS]
     x_naive = attack.adversarial(digits_model, x, y, np.random.default_rng(1))
     detection, false_rejection = defended.rejects(x_naive).mean(), defended.rejects(x).mean()
