@@ -25,6 +25,12 @@ names, families, access, budgets) and from the live measurements the ``clean`` c
 ``repeatable``
     repeated predictions on the same inputs agree (if not, the defense is randomised and
     passes only if it is attacked with EOT: its parameters show ``eot`` > 1);
+``naive``
+    for a defense that transforms or screens inputs, each attack run against the
+    deployment does at least as well as the same attack made against the undefended model
+    (the naive evaluation, measured beside it); if not, the adaptive attack is weaker
+    than ignoring the defense (a randomised defense attacked without EOT, a search
+    confused by noisy answers), and its number overstates the defense;
 ``adaptive``
     the defense's evaluation is adaptive (a non-adaptive one is flagged: its numbers are
     upper bounds).
@@ -48,6 +54,7 @@ from gauntlet.rows import attack_meta, budget_label, budget_of, unpack
 PASS, WARN, FAIL, NA = "pass", "warn", "fail", "n/a"
 STATUSES = (PASS, WARN, FAIL, NA)
 ROBUST = "robust_accuracy"
+NAIVE = "naive_robust_accuracy"
 #: The noise baseline: random perturbations of the same budget.
 NOISE = "noise"
 #: Robust accuracy at an unbounded budget counts as near zero up to this (its interval's
@@ -66,6 +73,7 @@ RULES = (
     ("black-box", "Score- and decision-based attacks do not beat white-box attacks"),
     ("gradients", "Gradients are finite and non-zero"),
     ("repeatable", "Repeated predictions agree"),
+    ("naive", "Adaptive attacks do at least as well as naive ones"),
     ("adaptive", "The evaluation is adaptive"),
 )
 TITLES = dict(RULES)
@@ -161,7 +169,7 @@ def checklist(result: Mapping[str, Any],
         out.append(DefenseChecks(defense, point, adaptive is False, [
             _iterative(points), _monotone(points), _unbounded(points), _beats_noise(points),
             _black_box(points), _gradients(checks), _repeatable(checks, params),
-            _adaptive(adaptive)]))
+            _naive(points), _adaptive(adaptive)]))
     return out
 
 
@@ -456,6 +464,39 @@ def _repeatable(checks: Mapping[str, Any] | None, params: Mapping[str, Any]) -> 
     return _check("repeatable", WARN, f"{said}: the defense is randomised, and {shown}: "
                   "attacks must average their gradients or queries over its randomness (EOT, "
                   "Athalye et al., 2018), else its robust accuracies overstate it.")
+
+
+def _naive(points: list[_Point]) -> Check:
+    compared = []
+    for p in points:
+        rec = (p.cell.get("metrics") or {}).get(NAIVE)
+        if not rec or rec.get("value") is None or not math.isfinite(float(rec["value"])):
+            continue
+        naive = MetricValue(float(rec["value"]), int(rec.get("n") or p.value.n),
+                            rec.get("low"), rec.get("high"))
+        compared.append((_above(p.value, naive), p.value.value - naive.value, p, naive))
+    if not compared:
+        return _check("naive", NA, "No attack was also measured naively (made against the "
+                      "undefended model): the defense does not transform or screen inputs.")
+    weaker = [c for c in compared if c[0]]
+    _, gap, p, naive = max(weaker or compared, key=lambda c: c[1])
+    if not weaker:
+        text = (f"Every attack did at least as well against the deployment as made against "
+                f"the undefended model; closest: {p.label} {_show(p.value)} adaptive against "
+                f"{_show(naive)} naive")
+        if gap > 0:
+            text += " (higher, but within sampling noise)"
+        return _check("naive", PASS, text + f" ({len(compared)} attacks).")
+    text = (f"{p.label} leaves {_show(p.value)} robust when run against the deployment, "
+            f"significantly more than the same attack made against the undefended model "
+            f"({_show(naive)}, same rows): the attack's view of the defense misleads it (a "
+            "randomised defense attacked without EOT, a gradient through a non-smooth "
+            "transform, a search confused by noisy answers), so the lower, naive number is "
+            "the better bound")
+    if len(weaker) > 1:
+        others = ", ".join(c[2].label for c in sorted(weaker, key=lambda c: -c[1])[1:])
+        text += f". Also {others} ({len(weaker)} of {len(compared)} attacks)"
+    return _check("naive", WARN, text + ".")
 
 
 def _adaptive(adaptive: Any) -> Check:

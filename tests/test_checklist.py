@@ -167,7 +167,8 @@ N = 200
 
 
 def _cell(attack: str, correct: int, eps: float | None = None, *, defense: str = "d",
-          params: dict[str, Any] | None = None, rows: bool = True) -> dict[str, Any]:
+          params: dict[str, Any] | None = None, rows: bool = True,
+          naive: int | None = None) -> dict[str, Any]:
     from gauntlet.metric import proportion
 
     p = proportion(correct, N)
@@ -182,6 +183,10 @@ def _cell(attack: str, correct: int, eps: float | None = None, *, defense: str =
             "metrics": {"robust_accuracy": {"value": p.value, "n": N, "low": p.low,
                                             "high": p.high}},
             "artifacts": {}}
+    if naive is not None:  # the same attack made against the undefended model
+        q = proportion(naive, N)
+        cell["metrics"]["naive_robust_accuracy"] = {"value": q.value, "n": N, "low": q.low,
+                                                    "high": q.high}
     if rows:
         after = np.zeros(N, bool)
         after[:correct] = True
@@ -214,7 +219,7 @@ def _sound() -> list[dict[str, Any]]:
     """A healthy evaluation: iterative < single-step < noise, falling with eps, and an
     unbounded attack that flips every row."""
     return [_cell("fgsm", 100, 0.1), _cell("fgsm", 40, 0.3),
-            _cell("pgd", 60, 0.1, params={"max_iter": 10}),
+            _cell("pgd", 60, 0.1, params={"max_iter": 10}, naive=150),
             _cell("pgd", 0, 0.3, params={"max_iter": 10}),
             _cell("noise", 190, 0.1), _cell("noise", 170, 0.3),
             _cell("square", 150, 0.1), _cell("square", 60, 0.3), _cell("cw-l2", 0)]
@@ -223,6 +228,23 @@ def _sound() -> list[dict[str, Any]]:
 def test_a_sound_built_evaluation_passes_every_rule():
     statuses = {r: c["status"] for r, c in _run(_sound()).items()}
     assert statuses == {r: PASS for r, _ in RULES}
+
+
+def test_an_adaptive_attack_weaker_than_its_naive_counterpart_warns():
+    """A randomised defense attacked without EOT: the attack run against the deployment
+    leaves more rows robust than the same attack made against the undefended model."""
+    cells = [c for c in _sound() if c["attack"] != "cw-l2"]
+    cells += [_cell("cw-l2", 130, naive=60)]
+    check = _run(cells)["naive"]
+    assert check["status"] == WARN
+    assert "cw-l2 leaves 65.0%" in check["evidence"] and "30.0%" in check["evidence"]
+    assert "pgd" not in check["evidence"]  # pgd did better adaptively: not cited
+    # Within sampling noise it does not fire; with no naive number it is not applicable.
+    close = [c for c in _sound() if c["attack"] != "cw-l2"] + [_cell("cw-l2", 130, naive=120)]
+    assert _run(close)["naive"]["status"] == PASS
+    plain = [{**c, "metrics": {"robust_accuracy": c["metrics"]["robust_accuracy"]}}
+             for c in _sound()]
+    assert _run(plain)["naive"]["status"] == NA
 
 
 def test_iterative_weaker_than_single_step_fails():
@@ -316,4 +338,5 @@ def test_rules_with_nothing_to_compare_are_not_applicable():
     checks = _run([_cell("noise", 150, 0.1)], checks={"gradients": None,
                                                      "repeat": GOOD_CHECKS["repeat"]})
     assert {r for r, c in checks.items() if c["status"] == NA} == {
-        "iterative", "monotone", "unbounded", "beats-noise", "black-box", "gradients"}
+        "iterative", "monotone", "unbounded", "beats-noise", "black-box", "gradients",
+        "naive"}
