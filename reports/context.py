@@ -10,7 +10,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gauntlet.reports import charts as charts_mod
@@ -70,6 +70,7 @@ class MatrixRow:
 class HeaderGroup:
     label: str
     span: int
+    note: str = ""  # e.g. "first 100 rows": an attack limited to fewer rows than the audit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,6 +260,21 @@ def _matrix_cell(cell: Mapping[str, Any] | None, metric: str, meta: MetricMeta,
                       "" if bad is None else f"{bad:.4f}", status, attack, point)
 
 
+def _attack_rows_note(cells: Iterable[Mapping[str, Any]], attack: str) -> str:
+    """"first N rows" when every cell of ``attack`` attacked only its first N rows (its
+    ``rows`` parameter, a per-attack limit on slow attacks), else ""."""
+    mine = [c for c in cells if c.get("attack") == attack and c.get("status") == "ok"
+            and not c.get("derived")]
+    limits = {(c.get("attack_params") or {}).get("rows") for c in mine}
+    if len(limits) != 1:
+        return ""
+    (rows,) = limits
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows <= 0:
+        return ""
+    # Only where the limit bit: an audit of fewer rows attacks all of them.
+    return f"first {rows} rows" if all(c.get("n") == rows for c in mine) else ""
+
+
 def _matrix_table(result: Mapping[str, Any], metric: str, used: set[str]) -> MatrixTable:
     meta = metric_meta(result, metric)
     rows, columns = matrix_layout(result, metric)
@@ -268,9 +284,9 @@ def _matrix_table(result: Mapping[str, Any], metric: str, used: set[str]) -> Mat
     headers: list[HeaderGroup] = []
     for attack, _ in columns:
         if headers and headers[-1].label == attack:
-            headers[-1] = HeaderGroup(attack, headers[-1].span + 1)
+            headers[-1] = dataclasses.replace(headers[-1], span=headers[-1].span + 1)
         else:
-            headers.append(HeaderGroup(attack, 1))
+            headers.append(HeaderGroup(attack, 1, _attack_rows_note(index.values(), attack)))
     table_rows = []
     for d in rows:
         cells = []

@@ -594,3 +594,23 @@ def test_hostile_report_stays_inert_in_a_browser(tmp_path: Path, hostile_html: s
     assert not {tag for tag, _ in built} & {"script", "img", "iframe", "base", "form"}
     assert [a for _, attrs in built for a in attrs if a.startswith("on")] == []
     assert [a for tag, a in built if tag == "meta" and "refresh" in str(a).lower()] == []
+
+
+def test_a_row_limited_attack_says_so_in_its_column_header(result: dict[str, Any]) -> None:
+    """A slow attack limited to its first rows (square, cw-l2, ...) says so above its
+    columns, so a reader does not compare its n = 40 with another column's n = 450."""
+    import copy
+
+    limited = copy.deepcopy(result)
+    for cell in limited["cells"]:
+        if cell["attack"] == "pgd" and cell["status"] == "ok":
+            cell["attack_params"]["rows"], cell["n"] = 40, 40
+        if cell["attack"] == "noise":  # a limit larger than the audit's rows did not bite
+            cell["attack_params"]["rows"] = N_EVAL + 100
+    html = render_report(limited)
+    headers = re.findall(r'class="attack">([a-z-]+)(?:<div class="desc">([^<]*)</div>)?</th>',
+                         html)
+    notes = {attack: note for attack, note in headers}
+    assert notes["pgd"] == "first 40 rows"
+    assert notes["fgsm"] == "" and notes["noise"] == ""
+    assert "first 40 rows" not in render_report(result)
