@@ -2,6 +2,7 @@
 and :func:`plugin`, which makes an in-process plugin of test classes."""
 from __future__ import annotations
 
+import os
 import types
 
 import numpy as np
@@ -10,6 +11,15 @@ import pytest
 from gauntlet import Attack, Dataset, Defense, Metric, Model, hookimpl
 from gauntlet.plugins.datasets import load_sklearn
 from gauntlet.plugins.torch_models import load_model
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (pyproject's addopts: one worker per core), each worker and the
+    # gauntlet processes it starts use one thread: two workers with torch's default of a
+    # thread per core would contend for the cores and run several times slower.
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def plugin(name: str, *classes: type) -> types.ModuleType:

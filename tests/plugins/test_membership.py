@@ -143,8 +143,9 @@ def test_threshold_maximises_advantage_on_the_calibration_half(digits_model: Mod
     best = gains.max()
     assert np.isclose(np.mean(members >= outcome.threshold)
                       - np.mean(nonmembers >= outcome.threshold), best)
-    # Ties go to the highest threshold (the fewest rows flagged).
-    assert outcome.threshold == pytest.approx(candidates[np.flatnonzero(gains == best).max()])
+    # (Ties go to the highest threshold: test_best_threshold_on_known_scores. Not checked
+    # here: these scores and the attack's come from differently batched passes, whose last
+    # bits may differ and break a tie the other way.)
     # sklearn's ROC agrees on the best achievable TPR - FPR.
     y = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
     fpr, tpr, _ = roc_curve(y, np.r_[members, nonmembers])
