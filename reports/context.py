@@ -268,11 +268,9 @@ def _attack_rows_note(cells: Iterable[Mapping[str, Any]], attack: str) -> str:
     limits = {(c.get("attack_params") or {}).get("rows") for c in mine}
     if len(limits) != 1:
         return ""
-    (rows,) = limits
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows <= 0:
-        return ""
+    rows = _rows(limits.pop())
     # Only where the limit bit: an audit of fewer rows attacks all of them.
-    return f"first {rows} rows" if all(c.get("n") == rows for c in mine) else ""
+    return f"first {rows} rows" if rows and all(c.get("n") == rows for c in mine) else ""
 
 
 def _matrix_table(result: Mapping[str, Any], metric: str, used: set[str]) -> MatrixTable:
