@@ -381,3 +381,16 @@ def test_report_reads_results_written_before_metrics_declared_a_format():
     assert format_value(0.873, metric_meta(declared, "auc")) == "0.873"
     assert format_value(0.5, metric_meta(declared, "odd")) == "0.5"
     assert format_value(12345.6, metric_meta(declared, "big")) == "12,346"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_macro_scores_equal_sklearn(seed: int) -> None:
+    # Random labels and predictions, some classes missing from one side or both, and
+    # non-contiguous class ids: the numpy computation must match sklearn's exactly.
+    rng = np.random.default_rng(seed)
+    n, k = int(rng.integers(1, 60)), int(rng.integers(2, 12))
+    classes = rng.choice(40, size=k, replace=False)
+    y = rng.choice(classes[: max(1, k - 2)], size=n)
+    pred = np.where(rng.random(n) < 0.6, y, rng.choice(classes, size=n))
+    expected = precision_recall_fscore_support(y, pred, average="macro", zero_division=0)[:3]
+    assert m.macro_scores(y, pred) == pytest.approx(expected, abs=1e-12)
