@@ -41,6 +41,14 @@ import numpy as np
 from gauntlet import Access, Attack, EvasionAttack, Model, hookimpl, param
 
 EPS_SWEEP = (0.05, 0.1, 0.2, 0.3)
+#: The iterative and search attacks' default budgets (pgd, bim, square): the sweep
+#: without its smallest eps. There nearly every row stands, so it takes every step or
+#: query the attack has (early stopping saves nothing); it was the dearest budget of
+#: the demo's PGD and BIM cells, and under input-noise's EOT each budget costs the same.
+#: FGSM and the noise baseline, a pass each, keep 0.05 (the classic FGSM table's budgets
+#: are 0.1, 0.2 and 0.3); 0.1 and 0.2 are where every attack meets in the checklist and
+#: the worst-case column. Give ``eps`` to sweep any budgets you like.
+ITERATIVE_SWEEP = EPS_SWEEP[1:]
 EPS_HELP = "L-infinity budget: the largest change to any input value"
 #: Rows per forward/backward pass inside ART. Results do not depend on it (ART's random
 #: starts are drawn batch after batch from one stream).
@@ -92,7 +100,7 @@ class PGD(EvasionAttack):
     needs = Access.GRADIENTS
     uses_numpy_global = True  # ART draws its random starts from numpy's global generator
 
-    eps: float = param(EPS_SWEEP, EPS_HELP, ge=0)
+    eps: float = param(ITERATIVE_SWEEP, EPS_HELP, ge=0)
     step_ratio: float = param(0.25, "step size as a fraction of eps", gt=0)
     max_iter: int = param(20, "gradient steps per random start", ge=1)
     num_random_init: int = param(1, "random starts in the eps-ball (0: start at the input)",
@@ -157,7 +165,7 @@ class BIM(EvasionAttack):
     name = "bim"
     needs = Access.GRADIENTS
 
-    eps: float = param(EPS_SWEEP, EPS_HELP, ge=0)
+    eps: float = param(ITERATIVE_SWEEP, EPS_HELP, ge=0)
     target: str = param("none", "none: raise the loss of the true class; least-likely: "
                         "descend toward the class least likely on the clean input "
                         "(the iterative least-likely class method)",

@@ -71,7 +71,10 @@ def test_metadata_docstring_and_declared_parameters(cls: type[EvasionAttack]) ->
     summary, blank, reference = (cls.__doc__ or "").strip().splitlines()[:3]
     assert summary.strip() and not blank.strip() and reference.strip()
     params = {name: p.describe() for name, p in cls.parameters().items()}
-    assert params["eps"]["default"] == [0.05, 0.1, 0.2, 0.3] and params["eps"]["sweep"]
+    # One-pass attacks sweep every budget; iterative ones skip the smallest (dearest) one.
+    sweep = evasion.ITERATIVE_SWEEP if cls in (evasion.PGD, evasion.BIM) else evasion.EPS_SWEEP
+    assert params["eps"]["default"] == list(sweep) and params["eps"]["sweep"]
+    assert sweep[-3:] == (0.1, 0.2, 0.3)
     assert params["eps"]["bounds"] == ">= 0"
     assert params["rows"]["default"] == 0
     assert all(p["help"] for p in params.values())
@@ -97,8 +100,9 @@ def test_needs_and_batching_defaults() -> None:
 @pytest.mark.parametrize("cls", ATTACKS, ids=lambda c: c.name)
 def test_grid_expands_the_eps_sweep(cls: type[EvasionAttack]) -> None:
     grid = cls.grid()
-    assert [p["eps"] for p, _ in grid] == [0.05, 0.1, 0.2, 0.3]
-    assert [label for _, label in grid] == ["eps=0.05", "eps=0.1", "eps=0.2", "eps=0.3"]
+    sweep = evasion.ITERATIVE_SWEEP if cls in (evasion.PGD, evasion.BIM) else evasion.EPS_SWEEP
+    assert [p["eps"] for p, _ in grid] == list(sweep)
+    assert [label for _, label in grid] == [f"eps={e}" for e in sweep]
     assert [p["eps"] for p, _ in cls.grid({"eps": [0.25]})] == [0.25]
     with pytest.raises(ConfigError, match="known parameters"):
         cls(samples=10)  # the old name: rows is the base's
