@@ -49,6 +49,15 @@ class Defense(Parameterised):
         ``model``. Draw any randomness from ``rng``."""
         raise NotImplementedError
 
+    def skips_poisoning(self, index: int, points: int) -> str | None:
+        """Why point ``index`` (from 0) of a poisoning attack's sweep of ``points`` points
+        is not run under this defense, or None (the default: every point runs).
+
+        A defense that makes every poisoning point dear (each re-trains it, e.g.
+        adversarially) may run only part of a sweep; the planner asks before anything
+        runs, and a skipped cell is reported as not applicable with this reason."""
+        return None
+
     @classmethod
     def validate_class(cls) -> None:
         super().validate_class()

@@ -132,6 +132,9 @@ class Cell:
     attack: type[Attack]
     attack_params: dict[str, Any]
     attack_point: str
+    #: Why the cell is not run (the defense skips this point of a poisoning sweep:
+    #: :meth:`Defense.skips_poisoning`); not part of its id.
+    skipped: str = ""
 
     @property
     def defense_key(self) -> str:
@@ -213,8 +216,20 @@ def plan(registry: Registry, defenses: Sequence[Selection],
     ]
     for cls, point, _ in defense_grid + attack_grid:
         cls(**point)  # runs the plugin's own cross-parameter checks (validate())
-    return [Cell(d, dp, dl, a, ap, al) for d, dp, dl in defense_grid
-            for a, ap, al in attack_grid]
+    # Where each attack's sweep starts in attack_grid, and how many points it has.
+    sweeps: dict[type[Attack], list[int]] = {}
+    for i, (cls, _, _) in enumerate(attack_grid):
+        sweeps.setdefault(cls, []).append(i)
+    cells = []
+    for d, dp, dl in defense_grid:
+        defense = d(**dp)
+        for i, (a, ap, al) in enumerate(attack_grid):
+            skipped = ""
+            if a.family is Family.POISONING:
+                where = sweeps[a]
+                skipped = defense.skips_poisoning(where.index(i), len(where)) or ""
+            cells.append(Cell(d, dp, dl, a, ap, al, skipped))
+    return cells
 
 
 def derive_seed(seed: int, key: str) -> int:

@@ -178,7 +178,10 @@ class Runner:
         records what they ask, then have it answer all of that in packed calls. The
         outcomes are thrown away and nothing here can fail a cell: the cells then run as
         usual, and a batch the rehearsal did not foresee is answered on its own."""
-        cells = self._expected.pop(cell.defense_key, None)
+        # A poisoning cell re-trains the model, which a new module then serves.
+        cells = [c for c in self._expected.pop(cell.defense_key, None) or []
+                 if c.attack.family is not Family.POISONING and not c.skipped
+                 and not c.attack.unavailable()]
         if not cells:
             return
         try:
@@ -188,9 +191,6 @@ class Runner:
         served = model.served
         if served is None or served.pack <= 1:
             return
-        # A poisoning cell re-trains the model, which a new module then serves.
-        cells = [c for c in cells if c.attack.family is not Family.POISONING
-                 and not c.attack.unavailable()]
         start = time.perf_counter()
         with served.rehearsing() as batches:
             for each in cells:
@@ -234,6 +234,8 @@ class Runner:
         start = time.perf_counter()
         try:
             with deadline(self.timeout):
+                if cell.skipped:
+                    raise NotApplicable(cell.skipped)
                 for cls in (cell.defense, cell.attack):
                     why = cls.unavailable()
                     if why:

@@ -34,8 +34,12 @@ class AdversarialTraining(Defense):
 
     Limited for the demo: Madry et al. train MNIST with 40 PGD steps for about 100
     epochs; the defaults here (5 steps, 10 epochs) re-train the digits CNN in a few
-    seconds on 2 CPU cores and lift its PGD-20 robust accuracy at eps 0.1 from 48% to
-    80% at a clean-accuracy cost under one point (98.7% to 98.4% on the digits test split).
+    seconds on 2 CPU cores and lift its PGD-20 robust accuracy at eps 0.1 from 46% to
+    81% on the digits test split, with clean accuracy 98.9% against 97.8% (the demo's
+    model; on this small data set the adversarial examples act as augmentation).
+    A poisoning attack's sweep runs at its middle point only under this defense (each
+    point is an adversarial re-training, three times a plain one); ``poisoning = "all"``
+    runs every point.
     """
 
     name = "adv-training"
@@ -52,6 +56,16 @@ class AdversarialTraining(Defense):
     epochs: int = param(10, "passes over the training split", ge=1)
     train_seed: int = param(0, "seed of the training's shuffles and random starts (a "
                             "poisoning attack's train_seed, 0 by default, re-uses it)", ge=0)
+    poisoning: str = param("middle", "points of a poisoning attack's sweep run under this "
+                           "defense, each an adversarial re-training: middle (its middle "
+                           "point) or all", choices=("middle", "all"))
+
+    def skips_poisoning(self, index: int, points: int) -> str | None:
+        if self.poisoning == "all" or index == points // 2:
+            return None
+        return ("skipped to save time: each poisoning point re-trains this defense "
+                "adversarially, so only the middle point of a poisoning sweep runs under "
+                "it; set poisoning = \"all\" under [defenses.adv-training] to run them all")
 
     def apply(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> Model:
         recipe = model.require_recipe()

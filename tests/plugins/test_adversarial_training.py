@@ -122,3 +122,32 @@ def test_default_adversarial_training_on_the_digits_cnn(digits, digits_model, rn
     before, after = pgd_robust(digits_model, digits, 0.1), pgd_robust(trained, digits, 0.1)
     assert after > before + 0.2, (before, after)
     assert clean(trained, digits) > clean(digits_model, digits) - 0.03
+
+
+def test_poisoning_sweeps_run_their_middle_point_unless_asked_for_all(digits, digits_model):
+    from gauntlet.executor import SerialExecutor
+    from gauntlet.plan import Selection, plan
+    from gauntlet.plugins import defenses, evasion, poisoning
+    from gauntlet.run import Runner
+
+    registry = make_registry(entrypoints=False, plugins={
+        "a": adversarial_training, "p": poisoning, "e": evasion, "d": defenses})
+    attacks = [Selection("label-flip"), Selection("fgsm", {"eps": [0.1, 0.2, 0.3]})]
+    cells = plan(registry, [Selection("none"), Selection("adv-training")], attacks)
+    skipped = {(c.defense.name, c.attack.name, c.attack_point): c.skipped for c in cells}
+    ran = sorted(k for k, why in skipped.items() if not why)
+    # Under adv-training only the middle fraction; every other cell (evasion sweeps too,
+    # and every poisoning point under the other defense) runs.
+    assert [k for k in skipped if k not in ran] == [
+        ("adv-training", "label-flip", "fraction=0.1"),
+        ("adv-training", "label-flip", "fraction=0.5")]
+    assert all('poisoning = "all"' in skipped[k] for k in skipped if k not in ran)
+    everything = plan(registry, [Selection("adv-training", {"poisoning": "all"})], attacks)
+    assert not any(c.skipped for c in everything)
+
+    # A skipped cell is reported as not applicable, with the reason, and trains nothing.
+    runner = Runner(digits_model, digits.subsample_test(40, 0), registry.metrics.values(), 0)
+    results = SerialExecutor(progress=False).run(runner, [c for c in cells if c.skipped])
+    assert [r.status for r in results] == ["not_applicable"] * 2
+    assert results[0].reason == [c for c in cells if c.skipped][0].skipped
+    assert not runner._defended  # the adversarial training never ran
