@@ -310,6 +310,53 @@ class AccuracyDrop(Metric):
         return _mean_with_interval(ref - poisoned, (-1.0, 1.0))
 
 
+class BackdoorSuccess(Metric):
+    """Share of triggered test rows of classes other than the target that the poisoned
+    model reads as the target, with a Wilson interval.
+
+    Only for backdoors (an outcome with triggered rows and a target): the number clean
+    accuracy never shows, because clean inputs carry no trigger. Rows whose true class
+    is the target are left out (the trigger cannot move them there), so n counts the
+    others.
+    """
+
+    name = "backdoor_success"
+    title = "Backdoor success"
+    applies_to = (PoisoningOutcome,)
+    higher_is_better = False
+    bounds = (0.0, 1.0)
+    format = "percent"
+
+    def applies(self, outcome: Outcome) -> bool:
+        return isinstance(outcome, PoisoningOutcome) and outcome.hit is not None
+
+    def compute(self, outcome: PoisoningOutcome) -> MetricValue:  # type: ignore[override]
+        hit = outcome.hit
+        assert hit is not None
+        others = np.asarray(outcome.y_true) != outcome.target
+        return proportion(int(hit[others].sum()), int(others.sum()))
+
+
+class TriggeredAccuracy(Metric):
+    """Accuracy of the poisoned model on the test rows with the trigger applied, with a
+    Wilson interval (for an attack that triggers its test rows: backdoors)."""
+
+    name = "triggered_accuracy"
+    title = "Triggered accuracy"
+    applies_to = (PoisoningOutcome,)
+    higher_is_better = True
+    bounds = (0.0, 1.0)
+    format = "percent"
+
+    def applies(self, outcome: Outcome) -> bool:
+        return isinstance(outcome, PoisoningOutcome) and outcome.proba_triggered is not None
+
+    def compute(self, outcome: PoisoningOutcome) -> MetricValue:  # type: ignore[override]
+        assert outcome.proba_triggered is not None
+        right = outcome.proba_triggered.argmax(axis=1) == np.asarray(outcome.y_true)
+        return proportion(int(right.sum()), len(right))
+
+
 # -- membership inference --------------------------------------------------------------
 
 
@@ -464,7 +511,8 @@ class ProbeConfidence(Metric):
 METRICS: tuple[type[Metric], ...] = (
     CleanAccuracy, RobustAccuracy, NaiveRobustAccuracy, DetectionRate, FalseRejectionRate,
     AttackSuccessRate, Precision, Recall, F1, Confidence,
-    PoisonedAccuracy, AccuracyDrop, MembershipAccuracy, MembershipAdvantage, MembershipAUC,
+    PoisonedAccuracy, AccuracyDrop, BackdoorSuccess, TriggeredAccuracy,
+    MembershipAccuracy, MembershipAdvantage, MembershipAUC,
     TopClassShare, PredictionEntropy, ProbeConfidence,
 )
 

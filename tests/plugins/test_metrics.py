@@ -28,7 +28,8 @@ from gauntlet.reports.tables import format_interval, format_value, metric_meta
 PROPORTIONS = {"clean_accuracy", "robust_accuracy", "attack_success_rate", "precision",
                "recall", "f1", "confidence", "poisoned_accuracy", "membership_accuracy",
                "top_class_share", "probe_confidence", "fidelity", "substitute_accuracy",
-               "naive_robust_accuracy", "detection_rate", "false_rejection_rate"}
+               "naive_robust_accuracy", "detection_rate", "false_rejection_rate",
+               "backdoor_success", "triggered_accuracy"}
 
 
 def onehot(labels, n_classes: int = 3, top: float = 0.9) -> np.ndarray:
@@ -55,7 +56,7 @@ def test_registered_with_metadata():
     registry = make_registry(entrypoints=False, plugins={"metrics": m})
     assert not registry.broken
     assert set(registry.metrics) == {cls.name for cls in m.METRICS}
-    assert len(m.METRICS) == 18
+    assert len(m.METRICS) == 20
     for cls in m.METRICS:
         assert re.fullmatch(r"[a-z][a-z0-9_]*", cls.name), cls.name
         assert cls.title and cls.title[0].isupper() and "_" not in cls.title
@@ -74,6 +75,7 @@ def test_registered_with_metadata():
     assert directions["robust_accuracy"] and not directions["attack_success_rate"]
     assert not directions["membership_auc"] and not directions["accuracy_drop"]
     assert directions["detection_rate"] and not directions["false_rejection_rate"]
+    assert not directions["backdoor_success"] and directions["triggered_accuracy"]
 
 
 def test_prediction_metrics_apply_to_every_prediction_outcome():
