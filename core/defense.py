@@ -43,6 +43,13 @@ class Defense(Parameterised):
     stage: ClassVar[Stage] = Stage.INPUT
     evaluation: ClassVar[str] = ""
     adaptive: ClassVar[bool]
+    #: True for a defense that fits anything on the training split (an autoencoder, a
+    #: distilled twin, a poison filter): a poisoning cell then builds it again on the
+    #: attacker's training set, around the base re-trained on that set, as a deployer
+    #: fitting it on their (poisoned) data would. Otherwise the cell re-trains the base
+    #: under the defense as built on clean data, which is the same for a defense that
+    #: reads no training data.
+    fits_training_data: ClassVar[bool] = False
 
     def apply(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> Model:
         """Return the defended model, built with ``model.deploy(...)``; never modify

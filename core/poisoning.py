@@ -10,6 +10,7 @@ attack's doing and not training noise. A backdoor fills ``PoisonedSet.x_triggere
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -48,8 +49,13 @@ class PoisonedSet:
     target: int | None = None
 
 
+#: Builds the defended model on a training set: ``refit(x, y, seed)`` (see
+#: :attr:`gauntlet.Defense.fits_training_data`).
+Refit = Callable[[np.ndarray, np.ndarray, int], "Model"]
+
+
 def evaluate_poisoning(model: Model, dataset: Dataset, poisoned: PoisonedSet,
-                       seed: int) -> PoisoningOutcome:
+                       seed: int, refit: Refit | None = None) -> PoisoningOutcome:
     """Re-train ``model``'s architecture on the poisoned and on the clean training set
     (same recipe, same seed, every defense kept on top) and measure both on the clean
     test rows (and the poisoned one on the triggered rows, for a backdoor).
@@ -57,10 +63,15 @@ def evaluate_poisoning(model: Model, dataset: Dataset, poisoned: PoisonedSet,
     The clean re-train is usually free: the recipe caches per training set and seed, and
     the model under audit was trained on exactly that set. The core measures (uncounted
     queries), so an attack that needs only labels still gets probabilities to score.
+
+    ``refit`` (from the core, for a defense that fits on the training split) builds the
+    poisoned deployment instead: the base re-trained on the poisoned set and the defense
+    fitted on it too (MagNet's autoencoder, a distilled twin, a poison filter).
     """
     # Order kept from the first version (poisoned, reference; triggered, poisoned,
     # reference): a randomised defense draws from torch's generator in that order.
-    poisoned_model = model.retrain(poisoned.x, poisoned.y, seed)
+    poisoned_model = (model.retrain(poisoned.x, poisoned.y, seed) if refit is None
+                      else refit(poisoned.x, poisoned.y, seed))
     reference = model.retrain(dataset.x_train, dataset.y_train, seed)
     triggered = (None if poisoned.x_triggered is None
                  else measure(poisoned_model, poisoned.x_triggered))
@@ -100,10 +111,13 @@ class PoisoningAttack(Attack):
         """
         raise NotImplementedError
 
-    def run(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> PoisoningOutcome:
+    def run(self, model: Model, dataset: Dataset, rng: np.random.Generator, *,
+            refit: Refit | None = None) -> PoisoningOutcome:
+        """Poison, re-train and measure. ``refit`` is the core's (see
+        :func:`evaluate_poisoning`); a plugin never passes it."""
         self.check(model)
         poisoned = self._checked(self.poison(dataset, rng), dataset)
-        return evaluate_poisoning(model, dataset, poisoned, self.train_seed)
+        return evaluate_poisoning(model, dataset, poisoned, self.train_seed, refit)
 
     def _checked(self, poisoned: object, dataset: Dataset) -> PoisonedSet:
         """``poisoned`` if it is a usable PoisonedSet, else PoisonedSetError naming the

@@ -28,6 +28,7 @@ from gauntlet.evasion import EvasionAttack
 from gauntlet.model import Model
 from gauntlet.outcome import EvasionOutcome, Outcome
 from gauntlet.plan import Cell, derive_seed
+from gauntlet.poisoning import PoisoningAttack, Refit
 from gauntlet.results import CellResult, metric_record, short_paths
 from gauntlet.rows import pack
 
@@ -219,7 +220,33 @@ class Runner:
                 cache = {}  # past the budget: made again for each defense
             return attack, dataset, attack.run(model, dataset, rng, naive=self.model,
                                                naive_cache=cache)
+        if isinstance(attack, PoisoningAttack) and cell.defense.fits_training_data:
+            return attack, dataset, attack.run(model, dataset, rng, refit=self._refit(cell))
         return attack, dataset, attack.run(model, dataset, rng)
+
+    def _refit(self, cell: Cell) -> Refit:
+        """For a poisoning cell under a defense that fits on the training split: the
+        deployment built on a poisoned training set, as :meth:`defended` builds it on the
+        clean one (same defense point and seed), around the base re-trained on that set.
+        The global generators are left as the cell had them."""
+        import torch
+
+        def refit(x: np.ndarray, y: np.ndarray, seed: int) -> Model:
+            base = self.model.retrain(x, y, seed)
+            data = dataclasses.replace(self.dataset, x_train=x, y_train=y)
+            state = np.random.get_state()
+            with torch.random.fork_rng():
+                try:
+                    rng = seed_everything(derive_seed(self.seed, cell.defense_seed_key))
+                    built = cell.defense(**cell.defense_params).apply(base, data, rng)
+                finally:
+                    np.random.set_state(state)
+            if not isinstance(built, Model):
+                raise ContractError(f"defense {cell.defense.name!r} returned {what(built)} "
+                                    "from apply() on the poisoned training set")
+            return built
+
+        return refit
 
     def run_cell(self, cell: Cell) -> CellResult:
         """Run one cell; whatever happens, return its record (never raise)."""

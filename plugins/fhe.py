@@ -370,6 +370,7 @@ class FheDefense(Defense):
 
     name = "fhe"
     stage = Stage.WRAPPER
+    fits_training_data = True  # the twin is distilled on the training inputs
     requires = ("tenseal",)
     extra = "fhe"
     # Adaptive: gradient attacks differentiate the plaintext twin, which computes what the

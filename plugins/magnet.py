@@ -145,6 +145,7 @@ class MagNet(Defense):
 
     name = "magnet"
     stage = Stage.DETECTOR
+    fits_training_data = True  # the autoencoder and its threshold
     adaptive = True  # the reformer is differentiable: gradients go through it end to end
     evaluation = (
         "Adaptive for the reformer: it is a differentiable autoencoder, so gradient "

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import plugin
 
-from gauntlet import Dataset, Model, NotApplicable, PoisoningOutcome
+from gauntlet import Dataset, Defense, Model, NotApplicable, PoisoningOutcome, Stage
 from gauntlet.plugins.metrics import AccuracyDrop, BackdoorSuccess, TriggeredAccuracy
 from gauntlet.plugins.poisoning import Backdoor, patch_pattern, stamp
 from gauntlet.registry import make_registry
@@ -144,3 +145,90 @@ def test_wrong_labels_hurt_far_more_than_noisy_patches(digits_model: Model,
     noisy = AccuracyDrop().evaluate(run(digits_model, digits, kind="noisy",
                                         fraction=0.5)).value
     assert wrong > 0.3 and wrong > noisy + 0.25
+
+
+class FitsOnTraining(Defense):
+    """Records the training data it is built on; deploys the model unchanged.
+
+    Test defense.
+    """
+
+    name = "fits-on-training"
+    stage = Stage.TRAINING
+    adaptive = True
+    fits_training_data = True
+    seen: list = []
+
+    def apply(self, model, dataset, rng):
+        type(self).seen.append((dataset.x_train.copy(), dataset.y_train.copy()))
+        return model.deploy()
+
+
+class ReadsNoData(FitsOnTraining):
+    """Records the training data it is built on, but declares it fits nothing.
+
+    Test defense.
+    """
+
+    name = "reads-no-data"
+    fits_training_data = False
+    seen: list = []
+
+
+def test_a_defense_that_fits_on_training_data_is_refitted_on_the_poisoned_set(
+        digits: Dataset, digits_model: Model) -> None:
+    import torch
+
+    from gauntlet.executor import SerialExecutor
+    from gauntlet.plan import Selection, plan
+    from gauntlet.plugins import metrics, poisoning
+    from gauntlet.run import Runner
+
+    registry = make_registry(entrypoints=False, plugins={
+        "p": poisoning, "m": metrics, "t": plugin("t", FitsOnTraining, ReadsNoData)})
+    FitsOnTraining.seen, ReadsNoData.seen = [], []
+    data = digits.subsample_test(60, 0)
+    cells = plan(registry, [Selection("fits-on-training"), Selection("reads-no-data")],
+                 [Selection("backdoor")])
+    runner = Runner(digits_model, data, registry.metrics.values(), 0)
+    results = SerialExecutor(progress=False).run(runner, cells)
+    assert all(r.status == "ok" for r in results), [r.reason for r in results]
+    # Built once on the clean split, then again on the attacker's set for the poisoning
+    # cell; the defense that fits nothing is built once and only re-wrapped.
+    clean, refitted = FitsOnTraining.seen
+    assert np.array_equal(clean[0], digits.x_train)
+    p = Backdoor().poison(digits, np.random.default_rng(0))  # not the cell's seed: sizes only
+    changed = (refitted[0] != digits.x_train).reshape(len(digits.x_train), -1).any(axis=1)
+    assert changed.sum() == p.n_poisoned and (refitted[1][changed] == 0).all()
+    assert len(ReadsNoData.seen) == 1
+    # Both give the same numbers here (the test defense changes nothing it is fitted on).
+    fits, plain = (r for r in results if r.attack == "backdoor")
+    assert fits.metrics["backdoor_success"]["value"] == plain.metrics["backdoor_success"]["value"]
+    # The refit leaves the cell's global generators as they were.
+    (cell,) = [c for c in cells if c.attack.name == "backdoor" and c.defense.fits_training_data]
+    np.random.seed(5)
+    torch.manual_seed(5)
+    before = np.random.get_state()[1].copy(), torch.get_rng_state().clone()
+    runner._refit(cell)(p.x, p.y, 0)
+    assert np.array_equal(np.random.get_state()[1], before[0])
+    assert torch.equal(torch.get_rng_state(), before[1])
+
+
+def test_magnet_fitted_on_the_poisoned_inputs_keeps_the_backdoor(digits: Dataset,
+                                                                 digits_model: Model) -> None:
+    # MagNet's autoencoder, trained on clean inputs only, would wipe the patch off and
+    # report the backdoor as defended (1% success on the demo): a deployer trains it on
+    # their training data, which is the attacker's.
+    from gauntlet.executor import SerialExecutor
+    from gauntlet.plan import Selection, plan
+    from gauntlet.plugins import magnet, metrics, poisoning
+    from gauntlet.run import Runner
+
+    registry = make_registry(entrypoints=False, plugins={"p": poisoning, "m": metrics,
+                                                         "g": magnet})
+    cells = plan(registry, [Selection("magnet")], [Selection("backdoor")])
+    runner = Runner(digits_model, digits, registry.metrics.values(), 0)
+    results = SerialExecutor(progress=False).run(runner, cells)
+    (cell,) = [r for r in results if r.attack == "backdoor"]
+    assert cell.status == "ok", cell.reason
+    assert cell.metrics["backdoor_success"]["value"] >= 0.9
