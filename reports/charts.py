@@ -371,6 +371,83 @@ def robustness_charts(result: Mapping[str, Any]) -> list[Chart]:
     return charts
 
 
+#: What a poisoning chart draws, solid and dashed: the damage on clean inputs, and (for a
+#: backdoor) what the trigger does.
+POISON_METRICS = (("poisoned_accuracy", "-", "clean accuracy"),
+                  ("backdoor_success", "--", "backdoor success"))
+
+
+def _numeric_points(point: str) -> dict[str, float]:
+    """The numeric ``name=value`` parts of an attack point label."""
+    out = {}
+    for part in point.split(", "):
+        name, _, value = part.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if math.isfinite(number):
+            out[name] = number
+    return out
+
+
+def poisoning_charts(result: Mapping[str, Any]) -> list[Chart]:
+    """Poisoned models against each swept numeric parameter of a poisoning attack (the
+    poisoned fraction, a backdoor's patch size): one chart per attack and parameter, one
+    line per defense (and per value of the attack's other swept parameters), clean
+    accuracy solid and backdoor success dashed."""
+    index = cell_index(result)
+    defenses = defense_keys(result)
+    attacks = list(dict.fromkeys(a for a, _ in attack_keys(result)))
+    sheet = _Sheet((5.0, 3.2))
+    charts: list[Chart] = []
+    for attack in attacks:
+        cells = [(k, c) for k, c in index.items() if k[2] == attack
+                 and c.get("family") == "poisoning" and c.get("status") == "ok"]
+        swept: dict[str, set[float]] = {}
+        for (_d, _dp, _a, ap), _c in cells:
+            for name, value in _numeric_points(ap).items():
+                swept.setdefault(name, set()).add(value)
+        for axis in [n for n, values in swept.items() if len(values) > 1]:
+            lines: dict[tuple[Key, str, str], list[tuple[float, float]]] = {}
+            for d in defenses:
+                for (cd, cdp, _a, ap), cell in cells:
+                    if (cd, cdp) != d:
+                        continue
+                    x = _numeric_points(ap)[axis]
+                    other = ", ".join(p for p in ap.split(", ") if not p.startswith(f"{axis}="))
+                    for metric in (m for m, _, _ in POISON_METRICS):
+                        if (v := metric_value(cell, metric)) is not None:
+                            lines.setdefault((d, other, metric), []).append((x, v))
+            if not lines:
+                continue
+            chart_id = f"poisoning-{_safe_id(attack)}-{_safe_id(axis)}-{len(charts)}"
+            colours: dict[tuple[Key, str], str] = {}
+            styles = {m: (st, n) for m, st, n in POISON_METRICS}
+            with sheet.axes() as ax:
+                for (d, other, metric), points in lines.items():
+                    points.sort()
+                    colour = colours.setdefault(
+                        (d, other), PALETTE[len(colours) % len(PALETTE)])
+                    style, what_ = styles[metric]
+                    name = label(*d) + (f" [{other}]" if other else "") + f": {what_}"
+                    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                            markersize=3.5, linewidth=1.6, linestyle=style, color=colour,
+                            label=_text(name))
+                ax.set_ylim(0, 1.02)
+                _percent_axis(ax)
+                ax.set_xlabel(_text(axis))
+                ax.set_ylabel("share of test rows")
+                ax.set_title(_text(f"{attack}: poisoned model vs {axis}"), loc="left")
+                ax.legend(loc="best")
+                svg = _svg(ax.get_figure(), chart_id, _EDGE, *_WIDE_BOTTOM_TOP)
+            caption = ("Solid: the poisoned model's accuracy on clean test rows. Dashed (for "
+                       "a backdoor): triggered test rows of other classes read as the "
+                       "target. Each point is a model re-trained on its poisoned set.")
+            charts.append(Chart(chart_id, f"{attack}: poisoned model vs {axis}", caption, svg))
+    return charts
+
+
 def _thin(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]]:
     if len(xs) <= MAX_CURVE_POINTS:
         return list(xs), list(ys)

@@ -389,6 +389,12 @@ def _chart_groups(result: Mapping[str, Any]) -> list[ChartGroup]:
         groups.append(ChartGroup("charts-robustness", "Robustness against perturbation size",
                                  "Robust accuracy of each defended model as the attack's "
                                  "budget grows.", robust, False))
+    poisoning = charts_mod.poisoning_charts(result)
+    if poisoning:
+        groups.append(ChartGroup("charts-poisoning", "Poisoning against its parameters",
+                                 "Each point is the model re-trained on a poisoned training "
+                                 "set: what the poison costs on clean data, and what a "
+                                 "trigger buys the attacker.", poisoning, False))
     roc = charts_mod.roc_charts(result)
     if roc:
         groups.append(ChartGroup("charts-roc", "Membership inference ROC",

@@ -325,8 +325,9 @@ def test_no_external_resources(html: str) -> None:
 
 
 def test_charts_are_inline_svg(html: str) -> None:
-    # 3 robustness curves (fgsm, pgd, noise), 1 ROC, 4 trash-bucket histograms.
-    assert html.count("<svg") == 8
+    # 3 robustness curves (fgsm, pgd, noise), 1 poisoning curve (label-flip against its
+    # fraction), 1 ROC, 4 trash-bucket histograms.
+    assert html.count("<svg") == 9
     assert "<?xml" not in html and "DOCTYPE svg" not in html
     assert "robust accuracy vs eps" in html and "membership ROC" in html
     assert len(html.encode()) < 1_500_000
@@ -389,6 +390,31 @@ def test_worst_findings(result: dict[str, Any]) -> None:
     assert bounded == sorted(bounded, reverse=True)
     assert findings[-1].metric == "prediction_entropy" and findings[-1].badness is None
     assert len(worst_findings(result, k=3)) == 3
+
+
+def test_poisoning_is_drawn_against_each_swept_parameter(result: dict[str, Any]) -> None:
+    from gauntlet.reports.charts import poisoning_charts
+
+    (chart,) = poisoning_charts(result)  # label-flip's fraction; nothing else is swept
+    assert chart.title == "label-flip: poisoned model vs fraction"
+    # One solid line per defense, through its poisoned accuracies in fraction order (the
+    # error cell at 0.3 under input-noise leaves that line two points).
+    lines = re.findall(r'<path d="(M [^"]*)" clip-path="[^"]*" style="fill: none; stroke: '
+                       r'(#[0-9a-f]{6}); stroke-width: 1.6', str(chart.svg))  # not the legend
+    assert len({colour for _, colour in lines}) == len(DEFENSES)
+    assert sorted(p.count("L ") + 1 for p, _ in lines) == [2] + [3] * (len(DEFENSES) - 1)
+    # A backdoor swept over patch size and fraction: a chart per parameter, the other
+    # parameter splitting the lines, backdoor success dashed beside clean accuracy.
+    # (Cells of a poisoning attack named label-flip here: the chart reads only the points.)
+    backdoor = dict(result, cells=[
+        _cell("none", "label-flip", {"fraction": f, "patch": s},
+              {"poisoned_accuracy": 0.97, "backdoor_success": min(1.0, f * s)})
+        for f in (0.1, 0.2) for s in (1, 3, 6)])
+    charts = poisoning_charts(backdoor)
+    assert [c.title for c in charts] == ["label-flip: poisoned model vs fraction",
+                                         "label-flip: poisoned model vs patch"]
+    svg = str(charts[1].svg)
+    assert "none [fraction=0.1]: backdoor success" in svg and "stroke-dasharray" in svg
 
 
 def test_chart_labels_are_literal_text() -> None:
