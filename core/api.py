@@ -159,11 +159,16 @@ def _as_selections(value: Any) -> list[Selection]:
     if isinstance(value, str):
         raise ConfigError("attacks/defenses must be a list of names, not a string")
     if isinstance(value, Mapping):
+        out = []
         for name, params in value.items():
-            if not isinstance(name, str) or not isinstance(params, (Mapping, type(None))):
-                raise ConfigError(f"attacks/defenses as a mapping take names to parameter "
-                                  f"mappings, got {name!r}: {params!r}")
-        return [Selection(k, dict(v or {})) for k, v in value.items()]
+            # A list of mappings: several sweeps of one plugin, planned as their union.
+            for each in params if isinstance(params, list) else [params]:
+                if not isinstance(name, str) or not isinstance(each, (Mapping, type(None))):
+                    raise ConfigError(f"attacks/defenses as a mapping take names to "
+                                      f"parameter mappings (or lists of them), got "
+                                      f"{name!r}: {params!r}")
+                out.append(Selection(name, dict(each or {})))
+        return out
     if not isinstance(value, (list, tuple)):
         raise ConfigError(f"attacks/defenses must be a list of names or a mapping of names to "
                           f"parameters, got {type(value).__name__}")

@@ -17,6 +17,13 @@ An audit file looks like::
     [attacks.fgsm]           # one table per attack; a list value is a sweep
     eps = [0.05, 0.1, 0.2]
 
+    [[attacks.backdoor]]     # [[...]]: several sweeps of one attack, run as their union
+    kind = "noisy"
+    patch = [1, 3, 6]
+    [[attacks.backdoor]]
+    kind = "mixture"
+    fraction = [0.1, 0.5]
+
     [defenses.none]
     [defenses.input-noise]
     r = 0.1
@@ -74,7 +81,17 @@ class AuditConfig:
 
     def to_dict(self) -> dict[str, Any]:
         def sel(items: list[Selection] | None) -> Any:
-            return None if items is None else {s.name: dict(s.params) for s in items}
+            if items is None:
+                return None
+            out: dict[str, Any] = {}
+            for s in items:  # a plugin selected several times: a list of its tables
+                if s.name not in out:
+                    out[s.name] = dict(s.params)
+                elif isinstance(out[s.name], list):
+                    out[s.name].append(dict(s.params))
+                else:
+                    out[s.name] = [out[s.name], dict(s.params)]
+            return out
 
         return {"title": self.title, "seed": self.seed, "samples": self.samples,
                 "timeout": self.timeout, "out": self.out,
@@ -103,8 +120,11 @@ def _selections(value: Any, where: str) -> list[Selection]:
     if isinstance(value, Mapping):
         out = []
         for name, params in value.items():
-            _expect(params, Mapping, f"[{where}.{name}]")
-            out.append(Selection(name, dict(params)))
+            # [[attacks.NAME]] tables (a list): several sweeps of one plugin, planned as
+            # the union of their points.
+            for each in params if isinstance(params, list) else [params]:
+                _expect(each, Mapping, f"[{where}.{name}]")
+                out.append(Selection(name, dict(each)))
         return out
     raise ConfigError(f"{where} must be a list of names or tables of parameters, got {value!r}")
 

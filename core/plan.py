@@ -22,7 +22,7 @@ from gauntlet.defense import Defense
 from gauntlet.errors import ConfigError
 from gauntlet.model import Access, measure
 from gauntlet.outcome import CleanOutcome
-from gauntlet.params import params_key
+from gauntlet.params import describe_point, params_key
 
 if TYPE_CHECKING:
     import numpy as np
@@ -200,20 +200,13 @@ def plan(registry: Registry, defenses: Sequence[Selection],
     point), defense by defense. Raise ConfigError for a plugin selected twice, an unknown
     name or parameter, or a bad value, before anything runs."""
     for kind, chosen in (("defense", defenses), ("attack", attacks)):
-        names = [s.name for s in chosen]
-        twice = sorted({n for n in names if names.count(n) > 1})
+        seen = [(s.name, params_key(s.params)) for s in chosen]
+        twice = sorted({n for n, k in seen if seen.count((n, k)) > 1})
         if twice:
-            raise ConfigError(f"{kind} {twice[0]!r} is selected more than once")
-    defense_grid = [(cls, p, label)
-                    for s in defenses
-                    for cls in [registry.get("defense", s.name)]
-                    for p, label in cls.grid(s.params)]
-    attack_grid = [(Clean, {}, "")] + [
-        (cls, p, label)
-        for s in attacks
-        for cls in [registry.get("attack", s.name)]
-        for p, label in cls.grid(s.params)
-    ]
+            raise ConfigError(f"{kind} {twice[0]!r} is selected more than once with the "
+                              "same parameters")
+    defense_grid = _grid(registry, "defense", defenses)
+    attack_grid = [(Clean, {}, "")] + _grid(registry, "attack", attacks)
     for cls, point, _ in defense_grid + attack_grid:
         cls(**point)  # runs the plugin's own cross-parameter checks (validate())
     # Where each attack's sweep starts in attack_grid, and how many points it has.
@@ -230,6 +223,30 @@ def plan(registry: Registry, defenses: Sequence[Selection],
                 skipped = defense.skips_poisoning(where.index(i), len(where)) or ""
             cells.append(Cell(d, dp, dl, a, ap, al, skipped))
     return cells
+
+
+def _grid(registry: Registry, kind: str,
+          chosen: Sequence[Selection]) -> list[tuple[Any, dict[str, Any], str]]:
+    """Every point of each selected plugin, in selection order. A plugin selected several
+    times (several sweeps) runs the union of their points, each once, labelled by every
+    parameter that varies across that union (so two sweeps' points never share a label)."""
+    by_name: dict[str, list[Selection]] = {}
+    for s in chosen:
+        by_name.setdefault(s.name, []).append(s)
+    grid = []
+    for name, selections in by_name.items():
+        cls = registry.get(kind, name)
+        if len(selections) == 1:
+            grid += [(cls, p, label) for p, label in cls.grid(selections[0].params)]
+            continue
+        points: dict[str, dict[str, Any]] = {}
+        for s in selections:
+            for p, _ in cls.grid(s.params):
+                points.setdefault(params_key(p), p)
+        union = list(points.values())
+        swept = tuple(k for k in union[0] if len({params_key({k: p[k]}) for p in union}) > 1)
+        grid += [(cls, p, describe_point(p, swept)) for p in union]
+    return grid
 
 
 def derive_seed(seed: int, key: str) -> int:

@@ -419,6 +419,9 @@ def poisoning_charts(result: Mapping[str, Any]) -> list[Chart]:
                     for metric in (m for m, _, _ in POISON_METRICS):
                         if (v := metric_value(cell, metric)) is not None:
                             lines.setdefault((d, other, metric), []).append((x, v))
+            # A point alone on its line is another sweep's (e.g. one backdoor kind swept
+            # over patch size, another over fraction): it belongs to that sweep's chart.
+            lines = {k: v for k, v in lines.items() if len(v) > 1}
             if not lines:
                 continue
             chart_id = f"poisoning-{_safe_id(attack)}-{_safe_id(axis)}-{len(charts)}"

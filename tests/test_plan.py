@@ -92,8 +92,8 @@ def test_attack_seed_ignores_the_defense_and_defense_seed_ignores_the_attack(reg
      "attack 'random-sign': parameter 'eps' must be >= 0, got -0.1"),
     (["plain"], [Selection("random-sign", {"eps": 0.6, "bias": 0.5})],
      "eps + bias must be at most 1"),  # validate() runs for every point at plan time
-    (["plain"], [Selection("random-sign"), Selection("random-sign", {"eps": 0.2})],
-     "attack 'random-sign' is selected more than once"),
+    (["plain"], [Selection("random-sign", {"eps": 0.2}), Selection("random-sign", {"eps": 0.2})],
+     "attack 'random-sign' is selected more than once with the same parameters"),
     (["plain", "plain"], [], "defense 'plain' is selected more than once"),
 ])
 def test_bad_selections_fail_before_anything_runs(registry, defenses, attacks, message):
@@ -116,3 +116,40 @@ def test_built_in_attacks_keep_the_seeds_they_had_before_their_parameters_were_r
     _, fewer = plan(registry, [Selection("none")],
                     [Selection("noise", {"eps": 0.05, "rows": 10})])
     assert fewer.attack_seed_key == 'attack|noise{"eps": 0.05, "samples": 10}'
+
+
+def test_a_plugin_selected_several_times_runs_the_union_of_its_sweeps(registry):
+    # Two sweeps of one attack: each point once, labelled by every parameter that varies
+    # across the union, so the two sweeps' points never share a label.
+    cells = plan(registry, [Selection("plain", {"level": 1})],
+                 [Selection("random-sign", {"eps": [0.1, 0.3]}),
+                  Selection("random-sign", {"eps": [0.3, 0.5], "bias": 0.2})])
+    assert [(c.attack_point, c.attack_params["eps"], c.attack_params["bias"])
+            for c in cells[1:]] == [("eps=0.1, bias=0", 0.1, 0.0), ("eps=0.3, bias=0", 0.3, 0.0),
+                                    ("eps=0.3, bias=0.2", 0.3, 0.2),
+                                    ("eps=0.5, bias=0.2", 0.5, 0.2)]
+    assert len({c.id for c in cells}) == len(cells)
+    # Overlapping sweeps run a shared point once.
+    cells = plan(registry, [Selection("plain", {"level": 1})],
+                 [Selection("random-sign", {"eps": [0.1, 0.3]}),
+                  Selection("random-sign", {"eps": [0.3]})])
+    assert [c.attack_point for c in cells[1:]] == ["eps=0.1", "eps=0.3"]
+    # The same selection twice is still a mistake.
+    with pytest.raises(ConfigError, match="more than once with the same parameters"):
+        plan(registry, [Selection("plain")], [Selection("random-sign"), Selection("random-sign")])
+
+
+def test_config_tables_of_one_attack_are_several_selections(tmp_path):
+    from gauntlet.config import load as load_config
+
+    path = tmp_path / "audit.toml"
+    path.write_text('[[attacks.backdoor]]\nkind = "noisy"\npatch = [1, 6]\n'
+                    '[[attacks.backdoor]]\nkind = "mixture"\nfraction = [0.1, 0.5]\n'
+                    '[attacks.fgsm]\n')
+    cfg = load_config(path)
+    assert [(s.name, dict(s.params)) for s in cfg.attacks] == [
+        ("backdoor", {"kind": "noisy", "patch": [1, 6]}),
+        ("backdoor", {"kind": "mixture", "fraction": [0.1, 0.5]}), ("fgsm", {})]
+    # Written back (provenance, the resume fingerprint) as a list of the tables.
+    assert cfg.to_dict()["attacks"]["backdoor"] == [{"kind": "noisy", "patch": [1, 6]},
+                                                    {"kind": "mixture", "fraction": [0.1, 0.5]}]
