@@ -197,8 +197,9 @@ def _seed_point(name: str, point: _Point) -> _Point:
 def plan(registry: Registry, defenses: Sequence[Selection],
          attacks: Sequence[Selection]) -> list[Cell]:
     """Expand the selections into cells: every defense point x (clean + every attack
-    point), defense by defense. Raise ConfigError for a plugin selected twice, an unknown
-    name or parameter, or a bad value, before anything runs."""
+    point), defense by defense. A plugin selected several times runs the union of its
+    sweeps (:func:`_grid`). Raise ConfigError for a plugin selected twice with the same
+    parameters, an unknown name or parameter, or a bad value, before anything runs."""
     for kind, chosen in (("defense", defenses), ("attack", attacks)):
         seen = [(s.name, params_key(s.params)) for s in chosen]
         twice = sorted({n for n, k in seen if seen.count((n, k)) > 1})
@@ -206,7 +207,8 @@ def plan(registry: Registry, defenses: Sequence[Selection],
             raise ConfigError(f"{kind} {twice[0]!r} is selected more than once with the "
                               "same parameters")
     defense_grid = _grid(registry, "defense", defenses)
-    attack_grid = [(Clean, {}, "")] + _grid(registry, "attack", attacks)
+    attack_grid: list[tuple[Any, dict[str, Any], str]] = [(Clean, {}, "")]
+    attack_grid += _grid(registry, "attack", attacks)
     for cls, point, _ in defense_grid + attack_grid:
         cls(**point)  # runs the plugin's own cross-parameter checks (validate())
     # Where each attack's sweep starts in attack_grid, and how many points it has.

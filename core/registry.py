@@ -129,7 +129,8 @@ def budget(cls: type) -> dict[str, Any]:
 
     if not (isinstance(cls, type) and issubclass(cls, EvasionAttack)):
         return {}
-    return {"norm": str(cls.norm), "minimal": bool(cls.minimal)}
+    attack: type[EvasionAttack] = cls
+    return {"norm": str(attack.norm), "minimal": bool(attack.minimal)}
 
 
 class Registry:
