@@ -94,11 +94,12 @@ class Backdoor(PoisoningAttack):
     """
 
     name = "backdoor"
-    kind: str = param("mixture", "wrong-label: labels set to target; noisy: patch, labels "
-                      "kept; mixture: patch and target label (a backdoor)",
+    kind: str = param("mixture", "wrong-label: labels set to target; noisy: each class's "
+                      "own patch, labels kept; mixture: one patch and target label (a "
+                      "backdoor)",
                       choices=("wrong-label", "noisy", "mixture"))
     fraction: float = param(0.1, "share of the training rows poisoned (drawn from the "
-                            "classes other than target)", ge=0, le=1)
+                            "classes other than target, except under noisy)", ge=0, le=1)
     patch: int = param(3, "side of the square patch, in pixels", ge=1)
     position: str = param("bottom-right", "where the patch sits", choices=POSITIONS)
     pattern: str = param("noise", "noise: a fixed random pattern (the same on every "
@@ -117,24 +118,37 @@ class Backdoor(PoisoningAttack):
         if self.target >= dataset.n_classes:
             raise NotApplicable(f"target class {self.target} is not one of the data's "
                                 f"{dataset.n_classes} classes")
-        others = np.flatnonzero(dataset.y_train != self.target)
+        # noisy changes no label, so its rows come from every class.
+        pool = np.arange(len(dataset.y_train)) if self.kind == "noisy" else \
+            np.flatnonzero(dataset.y_train != self.target)
         n = round(self.fraction * len(dataset.y_train))
-        if n > len(others):
+        if n > len(pool):
             raise NotApplicable(f"fraction {self.fraction} asks for {n} poisoned rows, but "
-                                f"only {len(others)} training rows are of classes other "
+                                f"only {len(pool)} training rows are of classes other "
                                 f"than the target {self.target}")
-        chosen = rng.choice(others, n, replace=False)
+        chosen = rng.choice(pool, n, replace=False)
         lo, hi = (float(v) for v in dataset.clip_values)
-        patch = patch_pattern(self.pattern, shape[0], self.patch, (lo, hi), rng)
         x, y = dataset.x_train.copy(), dataset.y_train.copy()
-        if self.kind in ("noisy", "mixture"):
+        if self.kind == "noisy":
+            # Each class its own patch: a feature that predicts the label in training
+            # and is missing from clean test inputs (a shortcut). The triggered test rows
+            # carry their own class's patch: the shortcut present.
+            patches = [patch_pattern(self.pattern, shape[0], self.patch, (lo, hi), rng)
+                       for _ in range(dataset.n_classes)]
+            x_triggered = np.array(dataset.x_test, dtype=np.float32, copy=True)
+            for c, patch in enumerate(patches):
+                rows = chosen[y[chosen] == c]
+                x[rows] = stamp(x[rows], patch, self.position)
+                mine = dataset.y_test == c
+                x_triggered[mine] = stamp(x_triggered[mine], patch, self.position)
+            return PoisonedSet(x, y, n_poisoned=n, x_triggered=x_triggered, target=None)
+        patch = patch_pattern(self.pattern, shape[0], self.patch, (lo, hi), rng)
+        if self.kind == "mixture":
             x[chosen] = stamp(x[chosen], patch, self.position)
-        if self.kind in ("wrong-label", "mixture"):
-            y[chosen] = self.target
-        # noisy has no target: its labels stay true, so nothing is pointed anywhere.
+        y[chosen] = self.target
         return PoisonedSet(x, y, n_poisoned=n,
                            x_triggered=stamp(dataset.x_test, patch, self.position),
-                           target=None if self.kind == "noisy" else self.target)
+                           target=self.target)
 
 
 @hookimpl
