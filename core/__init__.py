@@ -42,7 +42,7 @@ from gauntlet.outcome import (  # noqa: E402
     TamperOutcome,
 )
 from gauntlet.params import Param, param  # noqa: E402
-from gauntlet.poisoning import PoisonedSet, PoisoningAttack  # noqa: E402
+from gauntlet.poisoning import PoisonedSet, PoisonFilter, PoisoningAttack  # noqa: E402
 from gauntlet.probe import ProbeAttack  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def audit(*args, **kwargs):  # type: ignore[no-untyped-def]
 
 __all__ = [
     "AccessDenied", "EvasionAttack", "ExtractionAttack", "MembershipAttack", "Param",
-    "PoisonedSet", "PoisoningAttack", "ProbeAttack", "param",
+    "PoisonedSet", "PoisonFilter", "PoisoningAttack", "ProbeAttack", "param",
     "Access", "Attack", "CleanOutcome", "ConfigError", "DataError", "Dataset", "Defense",
     "EvasionOutcome", "ExtractionOutcome", "Fact", "Family", "Finding", "GauntletError",
     "MembershipOutcome", "Metric", "MetricValue", "Model", "ModelLoadError", "NotApplicable",

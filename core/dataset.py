@@ -26,6 +26,10 @@ class Dataset:
     clip_values: tuple[float, float] = (0.0, 1.0)
     class_names: tuple[str, ...] = ()
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: For feature-vector inputs ``(N, F)``: one name per column, in the user's words (a
+    #: one-hot column of a categorical is ``"column=value"``), so attacks that pick rows by
+    #: feature values (subpopulations) report them by name. Empty when unknown.
+    feature_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -43,6 +47,11 @@ class Dataset:
                 f"{self.name}: train inputs {self.x_train.shape[1:]} and test inputs "
                 f"{self.x_test.shape[1:]} differ in shape"
             )
+        if self.feature_names and (self.x_train.ndim != 2
+                                   or len(self.feature_names) != self.x_train.shape[1]):
+            raise DataError(f"{self.name}: {len(self.feature_names)} feature names for inputs "
+                            f"shaped {self.input_shape}; give one name per column of (N, F) "
+                            "inputs")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -67,6 +76,7 @@ class Dataset:
         clip_values: tuple[float, float] = (0.0, 1.0),
         class_names: tuple[str, ...] = (),
         source: dict[str, Any] | None = None,
+        feature_names: tuple[str, ...] = (),
     ) -> Dataset:
         """Build a Dataset from array-likes, casting to float32 / int64."""
         xtr = np.ascontiguousarray(x_train, dtype=np.float32)
@@ -76,7 +86,7 @@ class Dataset:
         if n_classes is None:
             n_classes = int(max(ytr.max(initial=-1), yte.max(initial=-1)) + 1)
         return cls(name, xtr, ytr, xte, yte, int(n_classes), clip_values,
-                   tuple(class_names), dict(source or {}))
+                   tuple(class_names), dict(source or {}), tuple(feature_names))
 
     def subsample_test(self, n: int, seed: int) -> Dataset:
         """The same data with at most ``n`` test rows, drawn without replacement, stratified

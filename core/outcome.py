@@ -162,6 +162,18 @@ class PoisoningOutcome(Predictions):
         rows with the trigger applied (one per test row, same order).
     :param target: for targeted backdoors, the attacker's target class.
     :param rows: the test rows' indices in the evaluated test set.
+    :param aimed: per test row, the class the attacker wants it read as, -1 for rows not
+        aimed at (clean-label targets, a subpopulation); None for untargeted attacks.
+    :param poisoned_rows: the training rows the attacker changed or added (indices into
+        the poisoned training set), when the attack says.
+    :param flagged: the training rows a poison filter removed (same indexing), for a
+        cell under such a defense.
+    :param rejected: per test row, did a run-time detector reject the clean input?
+    :param rejected_triggered: the same for the triggered inputs (backdoors).
+    :param poison_linf: per poisoned row, its L-infinity distance from its clean base
+        (attacks that change inputs and say from what).
+    :param poison_l2: the same in L2.
+    :param notes: the attack's small facts for the report (plugin text).
     """
 
     proba_reference: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
@@ -170,6 +182,14 @@ class PoisoningOutcome(Predictions):
     proba_triggered: np.ndarray | None = None
     target: int | None = None
     rows: np.ndarray | None = None
+    aimed: np.ndarray | None = None
+    poisoned_rows: np.ndarray | None = None
+    flagged: np.ndarray | None = None
+    rejected: np.ndarray | None = None
+    rejected_triggered: np.ndarray | None = None
+    poison_linf: np.ndarray | None = None
+    poison_l2: np.ndarray | None = None
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def correct_reference(self) -> np.ndarray:
@@ -195,6 +215,20 @@ class PoisoningOutcome(Predictions):
         hit = self.hit
         if hit is not None:
             out["hit"] = hit
+        if self.aimed is not None:
+            out["aimed"] = np.asarray(self.aimed, dtype=np.int64)
+        for name in ("rejected", "rejected_triggered"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = np.asarray(value, dtype=bool)
+        return out
+
+    def artifacts(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.notes:
+            out["notes"] = self.notes
+        if self.flagged is not None:
+            out["flagged"] = int(len(self.flagged))
         return out
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gauntlet.attack import Attack, Family
+from gauntlet.defense import Defense, Stage
 from gauntlet.errors import GauntletError
 from gauntlet.model import Access, measure
 from gauntlet.outcome import PoisoningOutcome
@@ -40,6 +41,18 @@ class PoisonedSet:
     :param x_triggered: for backdoors, every test input with the trigger applied (one per
         test row, same order); the base measures the poisoned model on them.
     :param target: for targeted backdoors, the class the trigger should force.
+    :param poisoned_rows: which rows of ``x`` the attacker changed or added (indices,
+        ``n_poisoned`` of them): a poison-finding defense is scored against them
+        (``detection_precision``, ``detection_recall``). Give them whenever known.
+    :param bases: for attacks that change inputs, the clean input each poisoned row
+        started from (same order as ``poisoned_rows``): the base measures how far the
+        poisons moved (``poison_linf``, ``poison_l2``).
+    :param aimed: for attacks on chosen test rows, per test row the class the attacker
+        wants it read as, -1 for rows not aimed at: a clean-label attack's target
+        instances, a subpopulation attack's subpopulation (``target_success``,
+        ``target_accuracy`` against ``collateral_accuracy`` on the others).
+    :param notes: small JSON-able facts for the report (e.g. the subpopulation's
+        description and size); plugin text, shown escaped.
     """
 
     x: np.ndarray
@@ -47,11 +60,24 @@ class PoisonedSet:
     n_poisoned: int
     x_triggered: np.ndarray | None = None
     target: int | None = None
+    poisoned_rows: np.ndarray | None = None
+    bases: np.ndarray | None = None
+    aimed: np.ndarray | None = None
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Refitted:
+    """A deployment rebuilt on a poisoned training set by :data:`Refit`: the model, and
+    for a poison filter the training rows it flagged (indices into that set)."""
+
+    model: Model
+    flagged: np.ndarray | None = None
 
 
 #: Builds the defended model on a training set: ``refit(x, y, seed)`` (see
 #: :attr:`gauntlet.Defense.fits_training_data`).
-Refit = Callable[[np.ndarray, np.ndarray, int], "Model"]
+Refit = Callable[[np.ndarray, np.ndarray, int], Refitted]
 
 
 def evaluate_poisoning(model: Model, dataset: Dataset, poisoned: PoisonedSet,
@@ -70,11 +96,22 @@ def evaluate_poisoning(model: Model, dataset: Dataset, poisoned: PoisonedSet,
     """
     # Order kept from the first version (poisoned, reference; triggered, poisoned,
     # reference): a randomised defense draws from torch's generator in that order.
-    poisoned_model = (model.retrain(poisoned.x, poisoned.y, seed) if refit is None
-                      else refit(poisoned.x, poisoned.y, seed))
+    built = (Refitted(model.retrain(poisoned.x, poisoned.y, seed)) if refit is None
+             else refit(poisoned.x, poisoned.y, seed))
+    poisoned_model = built.model
     reference = model.retrain(dataset.x_train, dataset.y_train, seed)
     triggered = (None if poisoned.x_triggered is None
                  else measure(poisoned_model, poisoned.x_triggered))
+    rejected = rejected_triggered = None
+    if poisoned_model.detects:  # a run-time detector (STRIP): what it turns away
+        rejected = poisoned_model.rejects(dataset.x_test)
+        if poisoned.x_triggered is not None:
+            rejected_triggered = poisoned_model.rejects(poisoned.x_triggered)
+    linf = l2 = None
+    if poisoned.bases is not None and poisoned.poisoned_rows is not None:
+        moved = (np.asarray(poisoned.x)[poisoned.poisoned_rows].astype(np.float64)
+                 - np.asarray(poisoned.bases, dtype=np.float64)).reshape(len(poisoned.bases), -1)
+        linf, l2 = np.abs(moved).max(axis=1, initial=0.0), np.linalg.norm(moved, axis=1)
     return PoisoningOutcome(
         y_true=dataset.y_test,
         proba=measure(poisoned_model, dataset.x_test),
@@ -84,6 +121,14 @@ def evaluate_poisoning(model: Model, dataset: Dataset, poisoned: PoisonedSet,
         proba_triggered=triggered,
         target=poisoned.target,
         rows=np.arange(len(dataset.y_test), dtype=np.int64),
+        aimed=poisoned.aimed,
+        poisoned_rows=poisoned.poisoned_rows,
+        flagged=built.flagged,
+        rejected=rejected,
+        rejected_triggered=rejected_triggered,
+        poison_linf=linf,
+        poison_l2=l2,
+        notes=dict(poisoned.notes),
     )
 
 
@@ -147,4 +192,87 @@ class PoisoningAttack(Attack):
         if poisoned.target is not None and not 0 <= poisoned.target < dataset.n_classes:
             raise PoisonedSetError(f"{owner}: poison() returned target {poisoned.target}, "
                                    f"not a class in [0, {dataset.n_classes})")
-        return poisoned
+        rows = poisoned.poisoned_rows
+        if rows is not None:
+            rows = np.asarray(rows)
+            if (rows.ndim != 1 or rows.dtype.kind not in "iu" or len(rows) != poisoned.n_poisoned
+                    or (len(rows) and (rows.min() < 0 or rows.max() >= len(x)))
+                    or len(np.unique(rows)) != len(rows)):
+                raise PoisonedSetError(f"{owner}: poison() returned poisoned_rows that are not "
+                                       f"{poisoned.n_poisoned} distinct row indices of its "
+                                       f"{len(x)} training rows")
+        if poisoned.bases is not None and (
+                rows is None or np.shape(poisoned.bases) != (len(rows), *x.shape[1:])):
+            raise PoisonedSetError(f"{owner}: poison() returned bases shaped "
+                                   f"{np.shape(poisoned.bases)}; give one clean input per "
+                                   "poisoned row, with poisoned_rows")
+        aimed = poisoned.aimed
+        if aimed is not None:
+            aimed = np.asarray(aimed)
+            if (aimed.shape != dataset.y_test.shape or aimed.dtype.kind not in "iu"
+                    or (len(aimed) and (aimed.min() < -1 or aimed.max() >= dataset.n_classes))):
+                raise PoisonedSetError(f"{owner}: poison() returned aimed shaped "
+                                       f"{aimed.shape}; expected one class (or -1) per test "
+                                       f"row, shaped {dataset.y_test.shape}")
+        return dataclasses.replace(poisoned, poisoned_rows=rows, aimed=aimed)
+
+
+class PoisonFilter(Defense):
+    """Base of poison-finding defenses: subclasses implement :meth:`find_poison` only.
+
+    The defender inspects the training set before training on it, removes the rows that
+    look poisoned and trains on the rest. Built on clean data the filter only costs clean
+    rows; in a poisoning cell the core builds it on the attacker's set (the model first
+    trained on all of it, as the filter needs), and the cell scores the removed rows
+    against the ones the attacker poisoned (``detection_precision``,
+    ``detection_recall``) beside the re-trained model's clean accuracy and attack
+    success. Needs a model with a training recipe.
+    """
+
+    stage = Stage.TRAINING
+    fits_training_data = True
+    adaptive = True
+    evaluation = ("attacks run against the model re-trained on the rows the filter kept; "
+                  "it changes the training data, not the deployed model, so gradients pass")
+
+    train_seed: int = param(0, "seed of the re-training on the rows kept", ge=0)
+
+    def find_poison(self, model: Model, dataset: Dataset, rng: np.random.Generator
+                    ) -> np.ndarray:
+        """Return the indices of the training rows to remove.
+
+        :param model: the model trained on ``dataset``'s training split as it is (poisoned
+            rows included): read its activations, never re-train it.
+        :param dataset: the training split to inspect (``x_train``, ``y_train``).
+        :param rng: the defense's generator; draw all randomness from it.
+        """
+        raise NotImplementedError
+
+    def filtered(self, model: Model, dataset: Dataset, rng: np.random.Generator,
+                 seed: int) -> Refitted:
+        """``model``'s architecture re-trained on the rows :meth:`find_poison` keeps, with
+        the rows it removed."""
+        model.require_recipe()
+        n = len(dataset.x_train)
+        flagged = self._checked(self.find_poison(model, dataset, rng), n)
+        keep = np.ones(n, dtype=bool)
+        keep[flagged] = False
+        if not keep.any():
+            raise PoisonedSetError(f"{self.owner()}: find_poison() removed every one of the "
+                                   f"{n} training rows; nothing is left to train on")
+        return Refitted(model.retrain(dataset.x_train[keep], dataset.y_train[keep], seed),
+                        flagged)
+
+    def apply(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> Model:
+        return self.filtered(model, dataset, rng, self.train_seed).model
+
+    def _checked(self, flagged: object, n: int) -> np.ndarray:
+        rows = np.asarray(flagged)
+        if rows.dtype == bool and rows.shape == (n,):  # a mask is fine too
+            rows = np.flatnonzero(rows)
+        if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu") or (
+                rows.size and (rows.min() < 0 or rows.max() >= n)):
+            raise PoisonedSetError(f"{self.owner()}: find_poison() returned "
+                                   f"{type(flagged).__name__} shaped {rows.shape}; expected "
+                                   f"indices of the {n} training rows (or a boolean mask)")
+        return np.unique(rows.astype(np.int64))

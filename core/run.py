@@ -28,7 +28,7 @@ from gauntlet.evasion import EvasionAttack
 from gauntlet.model import Model
 from gauntlet.outcome import EvasionOutcome, Outcome
 from gauntlet.plan import Cell, derive_seed
-from gauntlet.poisoning import PoisoningAttack, Refit
+from gauntlet.poisoning import PoisonFilter, PoisoningAttack, Refit, Refitted
 from gauntlet.results import CellResult, metric_record, short_paths
 from gauntlet.rows import pack
 
@@ -231,20 +231,26 @@ class Runner:
         The global generators are left as the cell had them."""
         import torch
 
-        def refit(x: np.ndarray, y: np.ndarray, seed: int) -> Model:
+        def refit(x: np.ndarray, y: np.ndarray, seed: int) -> Refitted:
             base = self.model.retrain(x, y, seed)
             data = dataclasses.replace(self.dataset, x_train=x, y_train=y)
             state = np.random.get_state()
+            flagged = None
             with torch.random.fork_rng():
                 try:
                     rng = seed_everything(derive_seed(self.seed, cell.defense_seed_key))
-                    built = cell.defense(**cell.defense_params).apply(base, data, rng)
+                    defense = cell.defense(**cell.defense_params)
+                    if isinstance(defense, PoisonFilter):  # re-trains with the attack's seed
+                        done = defense.filtered(base, data, rng, seed)
+                        built, flagged = done.model, done.flagged
+                    else:
+                        built = defense.apply(base, data, rng)
                 finally:
                     np.random.set_state(state)
             if not isinstance(built, Model):
                 raise ContractError(f"defense {cell.defense.name!r} returned {what(built)} "
                                     "from apply() on the poisoned training set")
-            return built
+            return Refitted(built, flagged)
 
         return refit
 

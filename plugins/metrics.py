@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 
@@ -117,16 +118,25 @@ class DetectionRate(Metric):
 
     name = "detection_rate"
     title = "Detection rate (adversarial)"
-    applies_to = (EvasionOutcome,)
+    applies_to = (EvasionOutcome, PoisoningOutcome)
     higher_is_better = True
     bounds = (0.0, 1.0)
     format = "percent"
 
     def applies(self, outcome: Outcome) -> bool:
+        if isinstance(outcome, PoisoningOutcome):  # a run-time trigger detector (STRIP)
+            return outcome.rejected_triggered is not None
         return isinstance(outcome, EvasionOutcome) and outcome.rejected is not None
 
-    def compute(self, outcome: EvasionOutcome) -> MetricValue:  # type: ignore[override]
-        assert outcome.rejected is not None
+    def compute(self, outcome: Outcome) -> MetricValue:  # type: ignore[override]
+        if isinstance(outcome, PoisoningOutcome):
+            # Triggered rows the trigger could move: those of classes other than the
+            # target (every row for an untargeted trigger).
+            assert outcome.rejected_triggered is not None
+            rows = (np.ones(outcome.n, dtype=bool) if outcome.target is None
+                    else np.asarray(outcome.y_true) != outcome.target)
+            return proportion(int(outcome.rejected_triggered[rows].sum()), int(rows.sum()))
+        assert isinstance(outcome, EvasionOutcome) and outcome.rejected is not None
         return proportion(int(outcome.rejected.sum()), len(outcome.rejected))
 
 
@@ -135,17 +145,21 @@ class FalseRejectionRate(Metric):
 
     name = "false_rejection_rate"
     title = "False rejection rate (clean)"
-    applies_to = (EvasionOutcome,)
+    applies_to = (EvasionOutcome, PoisoningOutcome)
     higher_is_better = False
     bounds = (0.0, 1.0)
     format = "percent"
 
     def applies(self, outcome: Outcome) -> bool:
+        if isinstance(outcome, PoisoningOutcome):
+            return outcome.rejected is not None
         return isinstance(outcome, EvasionOutcome) and outcome.rejected_clean is not None
 
-    def compute(self, outcome: EvasionOutcome) -> MetricValue:  # type: ignore[override]
-        assert outcome.rejected_clean is not None
-        return proportion(int(outcome.rejected_clean.sum()), len(outcome.rejected_clean))
+    def compute(self, outcome: Outcome) -> MetricValue:  # type: ignore[override]
+        rejected = (outcome.rejected if isinstance(outcome, PoisoningOutcome)
+                    else getattr(outcome, "rejected_clean", None))
+        assert rejected is not None
+        return proportion(int(rejected.sum()), len(rejected))
 
 
 class AttackSuccessRate(Metric):
@@ -357,6 +371,158 @@ class TriggeredAccuracy(Metric):
         return proportion(int(right.sum()), len(right))
 
 
+class _Aimed(Metric):
+    """Shared by the metrics of attacks aimed at chosen test rows (``aimed``)."""
+
+    applies_to = (PoisoningOutcome,)
+    bounds = (0.0, 1.0)
+    format = "percent"
+    #: True: the aimed rows; False: the others (collateral).
+    on_aimed: ClassVar[bool] = True
+
+    def applies(self, outcome: Outcome) -> bool:
+        return isinstance(outcome, PoisoningOutcome) and outcome.aimed is not None
+
+    def rows(self, outcome: PoisoningOutcome) -> np.ndarray:
+        assert outcome.aimed is not None
+        aimed = np.asarray(outcome.aimed) >= 0
+        return aimed if self.on_aimed else ~aimed
+
+
+class TargetSuccess(_Aimed):
+    """Share of the test rows an attack aimed at that the poisoned model reads as the
+    class the attacker wanted for each, with a Wilson interval: a clean-label attack's
+    target instances, a subpopulation attack's rows (flipped to its label)."""
+
+    name = "target_success"
+    title = "Target success"
+    higher_is_better = False
+
+    def compute(self, outcome: PoisoningOutcome) -> MetricValue:  # type: ignore[override]
+        rows = self.rows(outcome)
+        assert outcome.aimed is not None
+        won = outcome.proba.argmax(axis=1)[rows] == np.asarray(outcome.aimed)[rows]
+        return proportion(int(won.sum()), int(rows.sum()))
+
+
+class TargetAccuracy(_Aimed):
+    """Accuracy of the poisoned model on the test rows the attack aimed at (the
+    subpopulation, the target instances), with a Wilson interval."""
+
+    name = "target_accuracy"
+    title = "Target accuracy"
+    higher_is_better = True
+
+    def compute(self, outcome: PoisoningOutcome) -> MetricValue:  # type: ignore[override]
+        rows = self.rows(outcome)
+        return proportion(int(outcome.correct[rows].sum()), int(rows.sum()))
+
+
+class CollateralAccuracy(TargetAccuracy):
+    """Accuracy of the poisoned model on the test rows the attack did not aim at, with a
+    Wilson interval: a stealthy attack leaves it where the reference model has it."""
+
+    name = "collateral_accuracy"
+    title = "Collateral accuracy"
+    on_aimed = False
+
+
+class TargetDrop(_Aimed):
+    """Reference minus poisoned accuracy on the aimed rows, paired per row (normal
+    interval), as ``accuracy_drop`` on every row."""
+
+    name = "target_drop"
+    title = "Target accuracy drop"
+    higher_is_better = False
+    bounds = (-1.0, 1.0)
+
+    def compute(self, outcome: PoisoningOutcome) -> MetricValue:  # type: ignore[override]
+        rows = self.rows(outcome)
+        diff = (outcome.correct_reference[rows].astype(np.float64)
+                - outcome.correct[rows].astype(np.float64))
+        return _mean_with_interval(diff, (-1.0, 1.0))
+
+
+class CollateralDrop(TargetDrop):
+    """Reference minus poisoned accuracy on the rows the attack did not aim at (paired,
+    normal interval): the damage a stealthy attack avoids."""
+
+    name = "collateral_drop"
+    title = "Collateral accuracy drop"
+    on_aimed = False
+
+
+class _Filter(Metric):
+    """Shared by the scores of a poison filter against the rows the attacker poisoned."""
+
+    applies_to = (PoisoningOutcome,)
+    higher_is_better = True
+    bounds = (0.0, 1.0)
+    format = "percent"
+
+    def applies(self, outcome: Outcome) -> bool:
+        return (isinstance(outcome, PoisoningOutcome) and outcome.flagged is not None
+                and outcome.poisoned_rows is not None)
+
+    @staticmethod
+    def counts(outcome: PoisoningOutcome) -> tuple[int, int, int]:
+        """(flagged rows that were poisoned, flagged rows, poisoned rows)."""
+        assert outcome.flagged is not None and outcome.poisoned_rows is not None
+        caught = np.intersect1d(outcome.flagged, outcome.poisoned_rows)
+        return len(caught), len(outcome.flagged), len(outcome.poisoned_rows)
+
+
+class DetectionPrecision(_Filter):
+    """Share of the training rows a poison filter removed that the attacker had poisoned,
+    with a Wilson interval (the rest were clean rows lost)."""
+
+    name = "detection_precision"
+    title = "Poison detection precision"
+
+    def compute(self, outcome: PoisoningOutcome) -> MetricValue:  # type: ignore[override]
+        caught, flagged, _ = self.counts(outcome)
+        return proportion(caught, flagged)
+
+
+class DetectionRecall(_Filter):
+    """Share of the attacker's poisoned training rows a poison filter removed, with a
+    Wilson interval."""
+
+    name = "detection_recall"
+    title = "Poison detection recall"
+
+    def compute(self, outcome: PoisoningOutcome) -> MetricValue:  # type: ignore[override]
+        caught, _, poisoned = self.counts(outcome)
+        return proportion(caught, poisoned)
+
+
+class PoisonLinf(Metric):
+    """Mean L-infinity distance of the poisoned inputs from the clean inputs they were
+    made from (attacks that change inputs and say from what: how visible the poison is)."""
+
+    name = "poison_linf"
+    title = "Poison distance (L-inf, mean)"
+    applies_to = (PoisoningOutcome,)
+    higher_is_better = True
+    format = "number"
+    field: ClassVar[str] = "poison_linf"
+
+    def applies(self, outcome: Outcome) -> bool:
+        return isinstance(outcome, PoisoningOutcome) and getattr(outcome, self.field) is not None
+
+    def compute(self, outcome: PoisoningOutcome) -> MetricValue:  # type: ignore[override]
+        values = np.asarray(getattr(outcome, self.field), dtype=np.float64)
+        return MetricValue(float(values.mean()) if len(values) else math.nan, len(values))
+
+
+class PoisonL2(PoisonLinf):
+    """Mean L2 distance of the poisoned inputs from the clean inputs they were made from."""
+
+    name = "poison_l2"
+    title = "Poison distance (L2, mean)"
+    field = "poison_l2"
+
+
 # -- membership inference --------------------------------------------------------------
 
 
@@ -512,6 +678,8 @@ METRICS: tuple[type[Metric], ...] = (
     CleanAccuracy, RobustAccuracy, NaiveRobustAccuracy, DetectionRate, FalseRejectionRate,
     AttackSuccessRate, Precision, Recall, F1, Confidence,
     PoisonedAccuracy, AccuracyDrop, BackdoorSuccess, TriggeredAccuracy,
+    TargetSuccess, TargetAccuracy, CollateralAccuracy, TargetDrop, CollateralDrop,
+    DetectionPrecision, DetectionRecall, PoisonLinf, PoisonL2,
     MembershipAccuracy, MembershipAdvantage, MembershipAUC,
     TopClassShare, PredictionEntropy, ProbeConfidence,
 )

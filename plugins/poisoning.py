@@ -43,7 +43,8 @@ class LabelFlip(PoisoningAttack):
 
     def poison(self, dataset: Dataset, rng: np.random.Generator) -> PoisonedSet:
         y, flipped = flip_labels(dataset.y_train, self.fraction, dataset.n_classes, rng)
-        return PoisonedSet(dataset.x_train, y, n_poisoned=len(flipped))
+        return PoisonedSet(dataset.x_train, y, n_poisoned=len(flipped),
+                           poisoned_rows=np.sort(flipped))
 
 
 #: Where a backdoor patch sits in the image.
@@ -141,14 +142,15 @@ class Backdoor(PoisoningAttack):
                 x[rows] = stamp(x[rows], patch, self.position)
                 mine = dataset.y_test == c
                 x_triggered[mine] = stamp(x_triggered[mine], patch, self.position)
-            return PoisonedSet(x, y, n_poisoned=n, x_triggered=x_triggered, target=None)
+            return PoisonedSet(x, y, n_poisoned=n, x_triggered=x_triggered, target=None,
+                               poisoned_rows=np.sort(chosen))
         patch = patch_pattern(self.pattern, shape[0], self.patch, (lo, hi), rng)
         if self.kind == "mixture":
             x[chosen] = stamp(x[chosen], patch, self.position)
         y[chosen] = self.target
         return PoisonedSet(x, y, n_poisoned=n,
                            x_triggered=stamp(dataset.x_test, patch, self.position),
-                           target=self.target)
+                           target=self.target, poisoned_rows=np.sort(chosen))
 
 
 @hookimpl

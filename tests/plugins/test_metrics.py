@@ -29,7 +29,9 @@ PROPORTIONS = {"clean_accuracy", "robust_accuracy", "attack_success_rate", "prec
                "recall", "f1", "confidence", "poisoned_accuracy", "membership_accuracy",
                "top_class_share", "probe_confidence", "fidelity", "substitute_accuracy",
                "naive_robust_accuracy", "detection_rate", "false_rejection_rate",
-               "backdoor_success", "triggered_accuracy"}
+               "backdoor_success", "triggered_accuracy", "target_success",
+               "target_accuracy", "collateral_accuracy", "detection_precision",
+               "detection_recall"}
 
 
 def onehot(labels, n_classes: int = 3, top: float = 0.9) -> np.ndarray:
@@ -56,7 +58,7 @@ def test_registered_with_metadata():
     registry = make_registry(entrypoints=False, plugins={"metrics": m})
     assert not registry.broken
     assert set(registry.metrics) == {cls.name for cls in m.METRICS}
-    assert len(m.METRICS) == 20
+    assert len(m.METRICS) == 29
     for cls in m.METRICS:
         assert re.fullmatch(r"[a-z][a-z0-9_]*", cls.name), cls.name
         assert cls.title and cls.title[0].isupper() and "_" not in cls.title
@@ -69,6 +71,8 @@ def test_registered_with_metadata():
     # Differences of two proportions: percentages that may be negative.
     assert formats["accuracy_drop"] == formats["membership_advantage"] == ("percent",
                                                                           (-1.0, 1.0))
+    assert formats["target_drop"] == formats["collateral_drop"] == ("percent", (-1.0, 1.0))
+    assert formats["poison_l2"] == formats["poison_linf"] == ("number", None)
     # Bits, and an AUC (read as 0.87 beside its ROC curve): plain numbers.
     assert formats["prediction_entropy"] == ("number", None)
     assert formats["membership_auc"] == ("number", (0.0, 1.0))
@@ -258,6 +262,63 @@ def test_poisoned_accuracy_and_drop():
     assert m.AccuracyDrop.bounds == (-1.0, 1.0)
 
 
+def test_aimed_metrics_split_target_from_collateral_by_hand():
+    # Rows 0-2 are aimed at (the attacker wants class 2 for each), rows 3-5 are not.
+    y = np.array([0, 1, 2, 0, 1, 2])
+    reference = onehot([0, 1, 2, 0, 1, 0])  # target 3/3, collateral 2/3
+    poisoned = onehot([2, 2, 2, 0, 0, 2])  # target 1/3 (2 read as 2), collateral 2/3
+    aimed = np.array([2, 2, 2, -1, -1, -1])
+    outcome = PoisoningOutcome(y, poisoned, proba_reference=reference, aimed=aimed)
+    assert value(m.TargetSuccess, outcome) == pytest.approx(1.0)  # all three read as 2
+    target = m.TargetAccuracy().evaluate(outcome)
+    assert (target.value, target.n) == (pytest.approx(1 / 3), 3)
+    assert (target.low, target.high) == pytest.approx(wilson(1, 3))
+    collateral = m.CollateralAccuracy().evaluate(outcome)
+    assert (collateral.value, collateral.n) == (pytest.approx(2 / 3), 3)
+    assert value(m.TargetDrop, outcome) == pytest.approx(2 / 3)
+    # Collateral: row 4 lost (1 -> 0), row 5 gained (0 -> 2): no drop on average.
+    assert value(m.CollateralDrop, outcome) == pytest.approx(0.0)
+    plain = PoisoningOutcome(y, poisoned, proba_reference=reference)
+    assert not any(cls().applies(plain) for cls in (
+        m.TargetSuccess, m.TargetAccuracy, m.CollateralAccuracy, m.TargetDrop,
+        m.CollateralDrop))
+
+
+def test_poison_filter_precision_and_recall_by_hand():
+    y = np.array([0, 1])
+    outcome = PoisoningOutcome(y, onehot(y), proba_reference=onehot(y),
+                               poisoned_rows=np.array([1, 4, 7, 9]),
+                               flagged=np.array([0, 4, 7, 8, 11]))
+    precision = m.DetectionPrecision().evaluate(outcome)  # 2 of 5 removed were poison
+    assert (precision.value, precision.n) == (pytest.approx(0.4), 5)
+    assert (precision.low, precision.high) == pytest.approx(wilson(2, 5))
+    recall = m.DetectionRecall().evaluate(outcome)  # 2 of 4 poisoned rows removed
+    assert (recall.value, recall.n) == (pytest.approx(0.5), 4)
+    unfiltered = PoisoningOutcome(y, onehot(y), proba_reference=onehot(y),
+                                  poisoned_rows=np.array([1]))
+    assert not m.DetectionPrecision().applies(unfiltered)
+
+
+def test_run_time_trigger_detection_counts_rows_the_trigger_can_move():
+    y = np.array([0, 1, 2, 1, 0])
+    outcome = PoisoningOutcome(y, onehot(y), proba_reference=onehot(y),
+                               proba_triggered=onehot([0, 0, 0, 1, 0]), target=0,
+                               rejected=np.array([0, 0, 1, 0, 0], bool),
+                               rejected_triggered=np.array([1, 1, 0, 1, 1], bool))
+    caught = m.DetectionRate().evaluate(outcome)  # rows of class 1, 2, 1: 2 of 3
+    assert (caught.value, caught.n) == (pytest.approx(2 / 3), 3)
+    assert value(m.FalseRejectionRate, outcome) == pytest.approx(0.2)
+
+
+def test_poison_distances_are_means():
+    y = np.array([0])
+    outcome = PoisoningOutcome(y, onehot(y), proba_reference=onehot(y),
+                               poison_linf=np.array([0.1, 0.3]),
+                               poison_l2=np.array([1.0, 2.0, 6.0]))
+    assert m.PoisonLinf().evaluate(outcome).value == pytest.approx(0.2)
+    assert m.PoisonL2().evaluate(outcome).n == 3 and value(m.PoisonL2, outcome) == 3.0
+
+
 # -- membership ------------------------------------------------------------------------
 
 
@@ -361,8 +422,8 @@ def test_report_prints_each_metric_in_its_format(recorded):
     for name in recorded["metrics"]:
         meta = metric_meta(recorded, name)
         text = format_value(0.5, meta)
-        assert text.endswith("%") == (name in PROPORTIONS | {"accuracy_drop",
-                                                             "membership_advantage"}), name
+        assert text.endswith("%") == (name in PROPORTIONS | {
+            "accuracy_drop", "membership_advantage", "target_drop", "collateral_drop"}), name
     entropy_meta = metric_meta(recorded, "prediction_entropy")
     assert "%" not in format_interval(1.5, 2.5, entropy_meta)
     assert format_value(float("nan"), entropy_meta) == format_value(None, entropy_meta) == "—"
