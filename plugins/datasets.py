@@ -1,4 +1,4 @@
-"""Dataset loaders: scikit-learn's embedded sets, MNIST-format IDX files, and NPZ files.
+"""Dataset loaders: scikit-learn's embedded sets, MNIST-format IDX files, NPZ and CSV files.
 
 ``sklearn:digits`` is the embedded default: 1,797 8x8 grey images of handwritten digits,
 scaled to [0, 1] and split 75/25, stratified, with a fixed split seed.
@@ -8,10 +8,12 @@ scaled to [0, 1] and split 75/25, stratified, with a fixed split seed.
 plain or ``.gz``) with a small IDX parser, e.g. Debian's dataset-fashion-mnist under
 ``/usr/share/datasets/fashion-mnist``. ``npz:FILE`` reads ``x_train``, ``y_train``,
 ``x_test``, ``y_test`` (optional ``class_names``, ``clip_values``) with
-``allow_pickle=False``. Both take ``limit_train`` / ``limit_test`` (keep the first N rows).
+``allow_pickle=False``. ``csv:FILE`` reads a table with a header row (:func:`load_csv`).
+All take ``limit_train`` / ``limit_test`` (keep the first N rows).
 """
 from __future__ import annotations
 
+import csv
 import gzip
 import math
 import zlib
@@ -46,6 +48,7 @@ def load_sklearn(name: str, options: Mapping[str, Any]) -> Dataset:
         bunch = skd.load_digits()
         x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
         names = tuple(str(t) for t in bunch.target_names)
+        features: tuple[str, ...] = ()  # image pixels, not named columns
     elif name in _TABULAR:
         bunch = getattr(skd, f"load_{name}")()
         x = bunch.data.astype(np.float64)
@@ -53,13 +56,14 @@ def load_sklearn(name: str, options: Mapping[str, Any]) -> Dataset:
         # Min-max to [0, 1] so one clip range and one eps scale serve every set.
         x = ((x - lo) / np.where(hi > lo, hi - lo, 1.0)).astype(np.float32)
         names = tuple(str(t) for t in bunch.target_names)
+        features = tuple(str(f) for f in bunch.feature_names)
     else:
         known = ", ".join(("digits",) + _TABULAR)
         raise DataError(f"unknown scikit-learn dataset {name!r}; known: {known}")
     xtr, xte, ytr, yte = _split(x, bunch.target, options)
     return Dataset.from_arrays(f"sklearn:{name}", xtr, ytr, xte, yte,
                                n_classes=len(names), class_names=names,
-                               source={"spec": f"sklearn:{name}"})
+                               source={"spec": f"sklearn:{name}"}, feature_names=features)
 
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
@@ -267,6 +271,255 @@ def _npz_inputs(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+# -- CSV --------------------------------------------------------------------------------
+# Past this many distinct values in as many as half the training rows, a column found to be
+# categorical (not listed in ``categorical``) is an id or free text: one-hot encoding it
+# would make a feature per row and could exhaust memory.
+_MAX_AUTO_CATEGORIES = 100
+
+
+def load_csv(file: str, options: Mapping[str, Any]) -> Dataset:
+    """A CSV file with a header row as a tabular Dataset: (N, F) float32 features in [0, 1].
+
+    Options: ``label`` (required) names the class column: its distinct values, sorted
+    (numerically when all are numbers), are classes 0..K-1 and their spellings the class
+    names. ``drop`` lists columns to ignore (ids). ``categorical`` lists columns to one-hot
+    encode even if they hold numbers (zip codes); any other column is categorical when one
+    of its values is not a number. Rows are split stratified by class with ``test_size``
+    (0.25) and ``split_seed`` (0), or by a ``split`` column whose values are ``train`` or
+    ``test`` (any case).
+
+    Encodings are fitted on the training rows only (after ``limit_train``), so nothing of
+    the test rows leaks into the features. A categorical column becomes one feature
+    ``column=value`` per value seen in training, sorted; a test value never seen in
+    training sets all of that column's features to 0. A numeric column is min-max scaled
+    to its training range and clipped to [0, 1] (a test value beyond the range becomes 0 or
+    1), so ``clip_values`` (0, 1) hold; a constant column is 0. Features keep the file's
+    column order, each categorical expanded in place. An empty cell is a missing value: in
+    a numeric column it becomes the training mean before scaling; in a categorical column
+    it is a category of its own, ``column=`` (that a value is missing often carries signal).
+
+    Two columns are refused rather than guessed at (list them in ``categorical`` to one-hot
+    them anyway): numbers with a few non-numbers among them (``NA``: write a missing value
+    as an empty cell), and text with a distinct value in most training rows (an id).
+    """
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise DataError(f"CSV data file not found: {path}")
+    header, rows, lines = _read_csv(path)
+    label, split, drop, categorical = _csv_options(options, header, path)
+    limit_train, limit_test = _limits(options)
+    table = np.array(rows, dtype=object).reshape(len(rows), len(header))
+    column = {name: table[:, i] for i, name in enumerate(header)}
+    features = [h for h in header if h not in drop and h not in (label, split)]
+    if not features:
+        raise DataError(f"{path}: no feature columns are left once the label ({label!r}), "
+                        "split and drop columns are set aside; a dataset needs at least one")
+    # A column's kind is a property of the whole column (not fitted), so all rows decide it.
+    one_hot = {name: name in categorical or _is_categorical(name, column[name], lines, path)
+               for name in features}
+    y, class_names = _csv_labels(column[label], label, lines, path)
+    train, test = _csv_split(y, split, column.get(split or ""), lines, options, path)
+    train, test = train[:limit_train], test[:limit_test]
+    blocks, names = [], []
+    for name in features:
+        if one_hot[name]:
+            block, cats = _one_hot(name, column[name], train, auto=name not in categorical,
+                                   path=path)
+            names += [f"{name}={c}" for c in cats]
+        else:
+            block = _min_max(column[name], train)
+            names.append(name)
+        blocks.append(block)
+    x = np.concatenate(blocks, axis=1)
+    return Dataset.from_arrays(f"csv:{path.name}", x[train], y[train], x[test], y[test],
+                               n_classes=len(class_names), clip_values=(0.0, 1.0),
+                               class_names=class_names, feature_names=tuple(names),
+                               source={"spec": f"csv:{file}", "path": str(path.resolve()),
+                                       "sha256": sha256_file(path)})
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
+    """The header, the data rows (cells stripped, blank lines skipped) and each row's line."""
+    header: list[str] = []
+    rows, lines = [], []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
+            reader = csv.reader(f)
+            for row in reader:
+                cells = [cell.strip() for cell in row]
+                if not any(cells):
+                    continue
+                if not header:
+                    header = _csv_header(cells, path)
+                elif len(cells) != len(header):
+                    raise DataError(f"{path}, line {reader.line_num}: {len(cells)} fields, "
+                                    f"but the header has {len(header)}; every row needs one "
+                                    "value per column (an empty cell for a missing one)")
+                else:
+                    rows.append(cells)
+                    lines.append(reader.line_num)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                        "save the CSV as UTF-8") from None
+    except (OSError, csv.Error) as exc:
+        raise DataError(f"cannot read CSV file {path}: {exc}") from None
+    if not header:
+        raise DataError(f"{path} is empty; a CSV dataset starts with a header row naming "
+                        "its columns")
+    if not rows:
+        raise DataError(f"{path} has a header row but no data rows")
+    return header, rows, lines
+
+
+def _csv_header(cells: list[str], path: Path) -> list[str]:
+    if all(_number(c) is not None for c in cells):
+        raise DataError(f"{path}: the first row ({', '.join(cells[:5])}"
+                        f"{', ...' if len(cells) > 5 else ''}) is all numbers, so the file "
+                        "has no header row; add one naming the columns")
+    for i, name in enumerate(cells):
+        if not name:
+            raise DataError(f"{path}: column {i + 1} of the header has no name; name every "
+                            "column")
+        if name in cells[:i]:
+            raise DataError(f"{path}: the header names column {name!r} twice; column "
+                            "names must be unique")
+    return cells
+
+
+def _csv_options(options: Mapping[str, Any], header: list[str],
+                 path: Path) -> tuple[str, str | None, set[str], set[str]]:
+    """label, split, drop and categorical, each naming columns the header has."""
+    found = ", ".join(header)
+
+    def column(key: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a column name (a string), got {value!r}")
+        if value not in header:
+            raise ConfigError(f"{key} names column {value!r}, which {path} lacks; its "
+                              f"columns: {found}")
+        return value
+
+    def columns(key: str) -> set[str]:
+        value = options.get(key, ())
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list of column names, e.g. {key} = "
+                              f"[\"{header[0]}\"], got {value!r}")
+        return {column(key, v) for v in value}
+
+    if options.get("label") is None:
+        raise ConfigError(f"csv data needs the label option naming the class column "
+                          f"(label = \"...\" in [data]); {path} has columns {found}")
+    label = column("label", options["label"])
+    split = column("split", options["split"]) if options.get("split") is not None else None
+    drop, categorical = columns("drop"), columns("categorical")
+    for key, name in (("label", label), ("split", split)):
+        clash = [k for k, cols in (("drop", drop), ("categorical", categorical)) if name in cols]
+        if clash or (key == "split" and name == label):
+            where = f"in {clash[0]}" if clash else "the label column"
+            raise ConfigError(f"column {name!r} is the {key} column, so it cannot also be "
+                              f"{where}")
+    if drop & categorical:
+        raise ConfigError(f"column {sorted(drop & categorical)[0]!r} is in both drop and "
+                          "categorical; keep it in one")
+    unused = [k for k in ("test_size", "split_seed") if split is not None and k in options]
+    if unused:
+        raise ConfigError(f"{' and '.join(unused)} {'does' if len(unused) == 1 else 'do'} not "
+                          f"apply with split = {split!r} (that column assigns each row); "
+                          "remove it, or the split option")
+    return label, split, drop, categorical
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _sorted_values(values: set[str]) -> list[str]:
+    """Numerically when every non-empty value is a number, else as strings; "" first."""
+    numbers = {v: _number(v) for v in values if v}
+    if all(n is not None for n in numbers.values()):
+        return sorted(values, key=lambda v: (v != "", numbers.get(v) or 0.0, v))
+    return sorted(values)
+
+
+def _csv_labels(values: np.ndarray, label: str, lines: list[int],
+                path: Path) -> tuple[np.ndarray, tuple[str, ...]]:
+    empty = np.flatnonzero(values == "")
+    if empty.size:
+        raise DataError(f"{path}, line {lines[empty[0]]}: the label column {label!r} is "
+                        f"empty ({empty.size} rows have no label); give every row a class "
+                        "or remove the unlabelled rows")
+    names = _sorted_values(set(values.tolist()))
+    if len(names) < 2:
+        raise DataError(f"{path}: the label column {label!r} holds one class ({names[0]!r}) "
+                        f"in all {len(values)} rows; a classifier needs at least two")
+    if len(names) > MAX_CLASSES:
+        raise DataError(f"{path}: the label column {label!r} holds {len(names)} distinct "
+                        f"values; Gauntlet takes at most {MAX_CLASSES} classes")
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[v] for v in values.tolist()], dtype=np.int64), tuple(names)
+
+
+def _csv_split(y: np.ndarray, split: str | None, values: np.ndarray | None, lines: list[int],
+               options: Mapping[str, Any], path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of the training and test rows."""
+    if split is None or values is None:
+        try:
+            train, test, _, _ = _split(np.arange(len(y)), y, options)
+        except ValueError as exc:  # sklearn: too few rows of a class, or for test_size
+            rarest = int(np.bincount(y).min())
+            raise DataError(f"{path}: cannot split {len(y)} rows stratified by class (the "
+                            f"rarest class has {rarest} row{'s' if rarest != 1 else ''}): "
+                            f"{exc}; give each class more rows, change test_size, or name a "
+                            "split column") from None
+        return train, test
+    kind = np.array([v.lower() for v in values.tolist()], dtype=object)
+    odd = np.flatnonzero((kind != "train") & (kind != "test"))
+    if odd.size:
+        raise DataError(f"{path}, line {lines[odd[0]]}: the split column {split!r} holds "
+                        f"{values[odd[0]]!r}; its values must be train or test")
+    train, test = np.flatnonzero(kind == "train"), np.flatnonzero(kind == "test")
+    for name, rows in (("train", train), ("test", test)):
+        if not rows.size:
+            raise DataError(f"{path}: no row of the split column {split!r} is {name}; mark "
+                            f"some rows {name}")
+    return train, test
+
+
+def _is_categorical(name: str, values: np.ndarray, lines: list[int], path: Path) -> bool:
+    odd = [i for i, v in enumerate(values.tolist()) if v and _number(v) is None]
+    given = int(np.count_nonzero(values != ""))
+    if odd and 2 * len(odd) < given:  # mostly numbers: an "NA" is likelier than a category
+        raise DataError(f"{path}, line {lines[odd[0]]}: column {name!r} holds "
+                        f"{values[odd[0]]!r} among numbers ({len(odd)} of its {given} values "
+                        "are not numbers); write a missing value as an empty cell, or list "
+                        "the column in categorical to one-hot encode it")
+    return bool(odd)
+
+
+def _one_hot(name: str, values: np.ndarray, train: np.ndarray, *, auto: bool,
+             path: Path) -> tuple[np.ndarray, list[str]]:
+    categories = _sorted_values(set(values[train].tolist()))
+    if auto and len(categories) > _MAX_AUTO_CATEGORIES and 2 * len(categories) > len(train):
+        raise DataError(f"{path}: column {name!r} holds {len(categories)} distinct values in "
+                        f"{len(train)} training rows, like an id or free text; list it in "
+                        "drop, or in categorical to one-hot encode it anyway")
+    return np.stack([values == c for c in categories], axis=1).astype(np.float32), categories
+
+
+def _min_max(values: np.ndarray, train: np.ndarray) -> np.ndarray:
+    x = np.array([_number(v) if v else np.nan for v in values.tolist()], dtype=np.float64)
+    known = x[train][~np.isnan(x[train])]
+    x = np.where(np.isnan(x), known.mean() if known.size else 0.0, x)
+    lo, hi = x[train].min(), x[train].max()
+    scaled = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32)[:, None]
+
+
 @hookimpl(trylast=True)
 def load_dataset(spec: str, options: Mapping[str, Any]) -> Dataset | None:
     scheme, _, rest = spec.partition(":")
@@ -276,4 +529,6 @@ def load_dataset(spec: str, options: Mapping[str, Any]) -> Dataset | None:
         return load_idx(rest, options)
     if scheme == "npz":
         return load_npz(rest, options)
+    if scheme == "csv":
+        return load_csv(rest, options)
     return None
