@@ -56,7 +56,7 @@ DEFAULT_DATA = "sklearn:digits"
 DEFAULT_OUT = "gauntlet-report"
 _TOP_KEYS = ("title", "seed", "out", "samples", "timeout", "model", "data", "attacks",
              "defenses")
-_FILE_SCHEMES = ("idx", "npz")
+_FILE_SCHEMES = ("idx", "npz", "csv")
 # Seeds feed numpy's SeedSequence (which refuses negatives) and torch.manual_seed; TOML
 # integers stop at 2**63 - 1, so the CLI and the Python API stop there too.
 MAX_SEED = 2**63 - 1
@@ -162,7 +162,8 @@ def _section(raw: Mapping[str, Any], key: str, default: str,
 # error that would lock such loaders out.
 MODEL_OPTIONS = ("arch", "epochs", "lr", "seed", "input_shape", "n_classes", "clip_values",
                  "output", "output_name")
-DATA_OPTIONS = ("split_seed", "test_size", "limit_train", "limit_test")
+DATA_OPTIONS = ("split_seed", "test_size", "limit_train", "limit_test", "label", "categorical",
+                "drop", "split")
 
 
 def _warn_unread(options: Mapping[str, Any], known: Sequence[str], table: str) -> None:

@@ -29,7 +29,7 @@ def load_dataset(registry: Registry, spec: str, options: Mapping[str, Any]) -> D
     dataset = registry.pm.hook.load_dataset(spec=spec, options=dict(options))
     if dataset is None:
         raise DataError(f"no dataset loader understands {spec!r} "
-                        "(try sklearn:digits, idx:DIR or npz:FILE)")
+                        "(try sklearn:digits, idx:DIR, npz:FILE or csv:FILE)")
     if not isinstance(dataset, Dataset):
         raise DataError(f"the dataset loader for {spec!r} returned "
                         f"{type(dataset).__name__}, not a gauntlet.Dataset")

@@ -120,3 +120,21 @@ def test_poisoned_rows_are_checked(digits: Dataset) -> None:
     aimed = PoisonedSet(good.x, good.y, good.n_poisoned, aimed=np.zeros(3, dtype=np.int64))
     with pytest.raises(PoisonedSetError, match="one class"):
         attack._checked(aimed, digits)
+
+
+def test_features_are_the_input_of_the_last_linear_layer(digits: Dataset,
+                                                         digits_model: Model) -> None:
+    import torch
+
+    x = digits.x_test[:600]  # more than one batch of 512
+    before = digits_model.queries
+    features = digits_model.features(x)
+    assert digits_model.queries == before + len(x)
+    net = digits_model._base
+    with torch.no_grad():  # by hand: everything up to the last layer of the Sequential
+        expected = net[:-1](torch.as_tensor(x)).numpy()
+    assert features.shape == (len(x), net[-1].in_features)
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)
+    # The last layer applied to them gives the logits.
+    np.testing.assert_allclose(features @ net[-1].weight.numpy().T + net[-1].bias.numpy(),
+                               digits_model.logits(x), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,1 @@
+"""Clean-label poisoning: feature collision (Poison Frogs). Being written (issue 9)."""

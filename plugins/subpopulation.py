@@ -1,0 +1,2 @@
+"""Subpopulation poisoning on tabular data (FeatureMatch, ClusterMatch). Being written
+(issue 9)."""
