@@ -58,8 +58,9 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     :param model: a spec (``builtin:cnn``, a model file), a :class:`Model`, or an
         in-memory ``torch.nn.Module``.
     :param data: a spec (``sklearn:digits``, ``idx:DIR``, ``npz:FILE``) or a Dataset.
-    :param attacks: names, or a mapping of name to parameter overrides; None = all.
-    :param defenses: as ``attacks``; None = all.
+    :param attacks: names, or a mapping of name to parameter overrides; None = every one
+        that is not opt-in (``in_default_audit = False``).
+    :param defenses: as ``attacks``.
     :param config: an audit TOML file or AuditConfig; explicit arguments override it.
     :param registry: the plugins to use (default: every installed plugin).
     :param timeout: seconds one cell may run before it becomes an error cell (0: none).
@@ -86,10 +87,10 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
         log.warning("broken plugins are installed; whatever they provide is missing from "
                     "this audit: %s", "; ".join(f"{p.label()}: {p.error}"
                                                 for p in registry.broken))
-    attack_sel = cfg.attacks if cfg.attacks is not None else \
-        [Selection(n) for n in registry.entries["attack"]]
+    attack_sel = cfg.attacks if cfg.attacks is not None else default_selections(registry,
+                                                                                "attack")
     defense_sel = cfg.defenses if cfg.defenses is not None else \
-        [Selection(n) for n in registry.entries["defense"]]
+        default_selections(registry, "defense")
     if not defense_sel:
         defense_sel = [Selection("none")]
     cells = plan(registry, defense_sel, attack_sel)  # validates names and parameters
@@ -153,6 +154,13 @@ def _check_arguments(model: Any, data: Any, config: Any) -> Any:
         raise ConfigError(f"config must be a TOML file path or a gauntlet.config.AuditConfig, "
                           f"got {type(config).__name__}")
     return model
+
+
+def default_selections(registry: Registry, kind: str) -> list[Selection]:
+    """What an audit that lists no attacks (``kind="attack"``) or defenses runs: every
+    registered one with its default parameters, except the opt-in studies
+    (``in_default_audit = False``)."""
+    return [Selection(n) for n, e in registry.entries[kind].items() if e.cls.in_default_audit]
 
 
 def _as_selections(value: Any) -> list[Selection]:

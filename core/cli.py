@@ -132,7 +132,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     table = [(row["kind"], row["name"], row["group"],
               f"{row['distribution']} {row['version']}".strip(),
               f"UNAVAILABLE: {row['unavailable']}" if row.get("unavailable")
-              else row["description"])
+              else ("(opt-in: runs when an audit names it) "
+                    if row.get("in_default_audit") is False else "") + row["description"])
              for row in rows]
     header = ("KIND", "NAME", "FAMILY/STAGE", "FROM", "DESCRIPTION")
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(4)]

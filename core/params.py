@@ -184,6 +184,11 @@ class Parameterised:
     #: listed as unavailable and its cells are "not applicable" with the install command.
     requires: typing.ClassVar[tuple[str, ...]] = ()
     extra: typing.ClassVar[str] = ""
+    #: False for a study that runs only when an audit names it (several re-trainings a
+    #: cell, e.g. the training-order probe, poison filters): an audit that lists no
+    #: attacks (defenses) runs every one that leaves this True. ``gauntlet plugins``
+    #: marks the others "opt-in".
+    in_default_audit: typing.ClassVar[bool] = True
 
     def __init__(self, **values: Any) -> None:
         point = self.resolve(values)

@@ -97,6 +97,7 @@ class Entry:
         if self.kind in ("attack", "defense"):
             row["parameters"] = [p.describe() for p in self.cls.parameters().values()]
             row["unavailable"] = self.cls.unavailable()
+            row["in_default_audit"] = bool(self.cls.in_default_audit)
         row.update(budget(self.cls) if self.kind == "attack" else {})
         return row
 
