@@ -11,7 +11,8 @@ cell's test rows in the subpopulation are the ones aimed at (``target_accuracy``
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from gauntlet import (
     hookimpl,
     param,
 )
+from gauntlet.params import Params
 
 METHODS = ("featurematch", "clustermatch")
 
@@ -126,6 +128,15 @@ class Subpopulation(PoisoningAttack):
                              gt=0, le=1)
     label: int = param(-1, "the poison label; -1: the subpopulation's second most common "
                        "class", ge=-1)
+
+    @classmethod
+    def grid(cls, overrides: Mapping[str, Any] | None = None) -> list[tuple[Params, str]]:
+        """As every attack's, except that a ``where`` leaves the candidate sweep out
+        (it names the group itself; each candidate index would repeat the same cell)."""
+        overrides = dict(overrides or {})
+        if overrides.get("where") and "subpopulation" not in overrides:
+            overrides["subpopulation"] = 0
+        return super().grid(overrides)
 
     def validate(self) -> None:
         if self.where and self.method != "featurematch":

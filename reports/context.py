@@ -43,6 +43,7 @@ from gauntlet.reports.tables import (
     metric_value,
     worst_findings,
 )
+from gauntlet.reports.targeted import TargetedRow, targeted_rows
 
 TOP_FINDINGS = 8
 
@@ -188,6 +189,8 @@ class ReportContext:
     checklist: list[DefenseChecklist] = dataclasses.field(default_factory=list)
     checklist_findings: list[ChecklistFinding] = dataclasses.field(default_factory=list)
     naive: list[NaiveTable] = dataclasses.field(default_factory=list)
+    # poisoning cells aimed at chosen test rows (subpopulations), worst first
+    targeted: list[TargetedRow] = dataclasses.field(default_factory=list)
 
 
 def _text(value: Any) -> str:
@@ -467,6 +470,6 @@ def build_context(result: Mapping[str, Any],
         version=_text(prov.get("gauntlet")), legend=legend,
         galleries=galleries(result), classic=classic(result),
         checklist=checklist_views(result), checklist_findings=checklist_findings(result),
-        naive=naive_tables(result),
+        naive=naive_tables(result), targeted=targeted_rows(result),
     )
 

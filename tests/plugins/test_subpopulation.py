@@ -149,3 +149,42 @@ def test_opt_in_studies_run_only_when_named() -> None:
     listed = {row["name"]: row for row in registry.describe() if row["kind"] == "attack"}
     assert listed["subpopulation"]["in_default_audit"] is False
     assert listed["fgsm"]["in_default_audit"] is True
+
+
+def test_report_lists_the_groups_worst_first_in_the_user_s_words(tmp_path) -> None:
+    import gauntlet
+
+    rows = table(1200)
+    for row in rows:  # a hostile category name reaches the report as text
+        if row[0] == "west":
+            row[0] = "<b>west</b>"
+    path = tmp_path / "customers.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["region", "segment", "a", "b", "churn"])
+        writer.writerows(rows)
+    config = tmp_path / "audit.toml"
+    config.write_text(f'seed = 0\nout = "{tmp_path / "out"}"\n'
+                      '[model]\nspec = "builtin:mlp"\n'
+                      f'[data]\nspec = "csv:{path}"\nlabel = "churn"\n'
+                      '[attacks.subpopulation]\nwhere = ["region=<b>west</b>, segment=student",'
+                      ' "region=north"]\nmax_share = 0.3\nfraction = 2.0\n'
+                      '[defenses.none]\n')
+    result = gauntlet.audit(config=config)
+    cells = [c for c in result.cells if c["attack"] == "subpopulation"]
+    assert [c["status"] for c in cells] == ["ok", "ok"], [c.get("reason") for c in cells]
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert 'id="targeted"' in html
+    assert "region=&lt;b&gt;west&lt;/b&gt; &amp; segment=student" in html
+    assert "<b>west</b>" not in html
+    # Worst first: the table's rows follow the target accuracy drop.
+    from gauntlet.reports.targeted import targeted_rows
+
+    listed = targeted_rows(result.result)
+    assert [r.drop for r in listed] == sorted((c["metrics"]["target_drop"]["value"]
+                                               for c in cells), reverse=True)
+    import html as html_mod
+
+    section = html[html.index('id="targeted"'):]
+    first, second = (section.index(html_mod.escape(r.target, quote=False)) for r in listed)
+    assert first < second and listed[0].drop > listed[1].drop
