@@ -40,6 +40,7 @@ from gauntlet.outcome import (  # noqa: E402
     ProbeOutcome,
     ServerViewOutcome,
     TamperOutcome,
+    TrainingOrderOutcome,
 )
 from gauntlet.params import Param, param  # noqa: E402
 from gauntlet.poisoning import PoisonedSet, PoisonFilter, PoisoningAttack  # noqa: E402
@@ -72,7 +73,7 @@ __all__ = [
     "EvasionOutcome", "ExtractionOutcome", "Fact", "Family", "Finding", "GauntletError",
     "MembershipOutcome", "Metric", "MetricValue", "Model", "ModelLoadError", "NotApplicable",
     "Outcome", "PluginError", "PoisoningOutcome", "Predictions", "ProbeOutcome", "Recipe",
-    "ScanReport", "ServerViewOutcome", "Stage", "TamperOutcome",
+    "ScanReport", "ServerViewOutcome", "Stage", "TamperOutcome", "TrainingOrderOutcome",
     "__version__", "audit", "hookimpl", "proportion", "read_model_file", "sha256_file",
     "wilson",
 ]

@@ -20,6 +20,7 @@ from gauntlet.outcome import (
     PoisoningOutcome,
     Predictions,
     ProbeOutcome,
+    TrainingOrderOutcome,
 )
 
 #: EvasionOutcome fields with one entry per attacked row (or none: not recorded).
@@ -131,6 +132,13 @@ def check_outcome(owner: str, outcome: Outcome, n_rows: int, n_classes: int) -> 
         proba("proba_substitute")
     elif isinstance(outcome, ProbeOutcome):
         proba("proba", same_rows=False)
+        if isinstance(outcome, TrainingOrderOutcome):
+            proba("proba_reference", same_rows=False)
+            if outcome.proba_reference.shape != outcome.proba.shape or \
+                    len(outcome.proba) % max(outcome.seeds, 1):
+                raise ContractError(f"{owner} returned proba {outcome.proba.shape} and "
+                                    f"proba_reference {outcome.proba_reference.shape}; "
+                                    f"expected the same {outcome.seeds} seeds x probes")
     elif isinstance(outcome, MembershipOutcome):
         for name in ("scores_members", "scores_nonmembers"):
             if getattr(outcome, name).ndim != 1:

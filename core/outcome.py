@@ -310,6 +310,48 @@ class ProbeOutcome(Outcome):
 
 
 @dataclasses.dataclass
+class TrainingOrderOutcome(ProbeOutcome):
+    """The probe answers of models re-trained with one class last, beside models trained
+    on shuffled rows by the same loop, seed for seed. Built by the ``training-order``
+    probe.
+
+    :param proba: the ordered models' probabilities on the probe inputs, seed after seed
+        (``seeds * probes`` rows).
+    :param proba_reference: the shuffled models' on the same inputs, same layout.
+    :param last: the class trained last.
+    :param seeds: how many seeds (models of each kind).
+    :param accuracy: per seed, the ordered model's accuracy on the clean test rows.
+    :param accuracy_reference: per seed, the shuffled model's.
+    """
+
+    proba_reference: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    last: int = 0
+    seeds: int = 1
+    accuracy: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    accuracy_reference: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+
+    def shares(self, reference: bool = False) -> np.ndarray:
+        """Per seed, the share of probe inputs given class ``last``."""
+        proba = self.proba_reference if reference else self.proba
+        picked = proba.argmax(axis=1).reshape(self.seeds, -1)
+        return np.asarray((picked == self.last).mean(axis=1), dtype=np.float64)
+
+    def per_row(self) -> dict[str, np.ndarray]:
+        return {}  # seeds x probes: no row of the test set to key them by
+
+    def artifacts(self) -> dict[str, Any]:
+        ref = np.bincount(self.proba_reference.argmax(axis=1),
+                          minlength=self.proba_reference.shape[1])
+        return {"histogram": {"counts": [int(c) for c in self.class_counts()]},
+                "histogram_reference": {"counts": [int(c) for c in ref]},
+                "last": int(self.last),
+                "shares": [round(float(v), 4) for v in self.shares()],
+                "shares_reference": [round(float(v), 4) for v in self.shares(True)],
+                "accuracy": [round(float(v), 4) for v in self.accuracy],
+                "accuracy_reference": [round(float(v), 4) for v in self.accuracy_reference]}
+
+
+@dataclasses.dataclass
 class ExtractionOutcome(Outcome):
     """A substitute model stolen through queries, compared with the victim on the test
     rows. Built by :class:`gauntlet.ExtractionAttack`.

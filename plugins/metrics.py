@@ -26,6 +26,7 @@ from gauntlet import (
     PoisoningOutcome,
     Predictions,
     ProbeOutcome,
+    TrainingOrderOutcome,
     hookimpl,
     proportion,
 )
@@ -635,6 +636,46 @@ class TopClassShare(Metric):
         return proportion(int(outcome.class_counts().max(initial=0)), outcome.n)
 
 
+class LastClassShare(Metric):
+    """Share of probe inputs the models trained with one class last give that class:
+    the mean over seeds, with a normal interval across seeds (the training-order probe)."""
+
+    name = "last_class_share"
+    title = "Last class share (ordered)"
+    applies_to = (TrainingOrderOutcome,)
+    higher_is_better = False
+    bounds = (0.0, 1.0)
+    format = "percent"
+    reference: ClassVar[bool] = False
+
+    def compute(self, outcome: TrainingOrderOutcome) -> MetricValue:  # type: ignore[override]
+        return _mean_with_interval(outcome.shares(self.reference), (0.0, 1.0))
+
+
+class LastClassShareShuffled(LastClassShare):
+    """The same class's share of probe inputs under models trained on shuffled rows by
+    the same loop and seeds: what the order is compared against."""
+
+    name = "last_class_share_shuffled"
+    title = "Last class share (shuffled)"
+    reference = True
+
+
+class OrderedAccuracy(Metric):
+    """Clean test accuracy of the models trained with one class last, mean over seeds
+    with a normal interval across them: what steering the order cost the model."""
+
+    name = "ordered_accuracy"
+    title = "Ordered model accuracy"
+    applies_to = (TrainingOrderOutcome,)
+    higher_is_better = True
+    bounds = (0.0, 1.0)
+    format = "percent"
+
+    def compute(self, outcome: TrainingOrderOutcome) -> MetricValue:  # type: ignore[override]
+        return _mean_with_interval(np.asarray(outcome.accuracy, dtype=np.float64), (0.0, 1.0))
+
+
 class PredictionEntropy(Metric):
     """Shannon entropy, in bits, of the histogram of classes predicted on probe inputs.
 
@@ -682,6 +723,7 @@ METRICS: tuple[type[Metric], ...] = (
     DetectionPrecision, DetectionRecall, PoisonLinf, PoisonL2,
     MembershipAccuracy, MembershipAdvantage, MembershipAUC,
     TopClassShare, PredictionEntropy, ProbeConfidence,
+    LastClassShare, LastClassShareShuffled, OrderedAccuracy,
 )
 
 

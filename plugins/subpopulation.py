@@ -98,9 +98,9 @@ def cluster_match(dataset: Dataset, clusters: int, min_rows: int, max_share: flo
 
 
 class Subpopulation(PoisoningAttack):
-    """Subpopulation poisoning: label-flipped copies of one group's points, so the model
-    fails on that group and on few others.
+    """Subpopulation poisoning: label-flipped copies of one group's points, aimed at it.
 
+    The model should fail on that group and on few others.
     Jagielski, Severi, Pousette Harger and Oprea, 2021, "Subpopulation Data Poisoning
     Attacks". The subpopulation is an explicit ``where`` (``"column=value, ..."``), or
     candidate number ``subpopulation`` (0 = the largest) of FeatureMatch (categorical values

@@ -31,7 +31,8 @@ PROPORTIONS = {"clean_accuracy", "robust_accuracy", "attack_success_rate", "prec
                "naive_robust_accuracy", "detection_rate", "false_rejection_rate",
                "backdoor_success", "triggered_accuracy", "target_success",
                "target_accuracy", "collateral_accuracy", "detection_precision",
-               "detection_recall"}
+               "detection_recall", "last_class_share", "last_class_share_shuffled",
+               "ordered_accuracy"}
 
 
 def onehot(labels, n_classes: int = 3, top: float = 0.9) -> np.ndarray:
@@ -58,7 +59,7 @@ def test_registered_with_metadata():
     registry = make_registry(entrypoints=False, plugins={"metrics": m})
     assert not registry.broken
     assert set(registry.metrics) == {cls.name for cls in m.METRICS}
-    assert len(m.METRICS) == 29
+    assert len(m.METRICS) == 32
     for cls in m.METRICS:
         assert re.fullmatch(r"[a-z][a-z0-9_]*", cls.name), cls.name
         assert cls.title and cls.title[0].isupper() and "_" not in cls.title
