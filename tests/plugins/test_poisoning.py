@@ -295,3 +295,37 @@ def test_default_cnn_reference_is_the_model_under_audit(digits_model: Model, dig
     np.testing.assert_array_equal(outcome.proba_reference, digits_model.predict(digits.x_test))
     assert accuracy(outcome.proba, digits.y_test) < accuracy(outcome.proba_reference,
                                                              digits.y_test)
+
+
+def test_a_poisoned_set_is_trained_once_for_every_defense_that_keeps_the_recipe(
+        digits: Dataset) -> None:
+    from gauntlet.executor import SerialExecutor
+    from gauntlet.plan import Selection, plan
+    from gauntlet.plugins import defenses, metrics, poisoning, preprocessing
+    from gauntlet.plugins.torch_models import load_model
+    from gauntlet.run import Runner
+
+    model = load_model("builtin:cnn", {"dataset": digits, "seed": 0, "epochs": 2})
+    recipe = model.recipe
+    assert recipe is not None
+    trained: list[str] = []
+    fit = recipe.fit
+
+    def counting(module, x, y, seed):
+        trained.append(f"{len(x)}:{hash(x.tobytes())}:{hash(np.asarray(y).tobytes())}")
+        fit(module, x, y, seed)
+
+    recipe.fit = counting
+    registry = make_registry(entrypoints=False, plugins={
+        "p": poisoning, "m": metrics, "d": defenses, "pre": preprocessing})
+    cells = plan(registry, [Selection("none"), Selection("feature-squeezing"),
+                            Selection("spatial-smoothing")],
+                 [Selection("label-flip", {"fraction": [0.2, 0.4]})])
+    results = SerialExecutor(progress=False).run(
+        Runner(model, digits.subsample_test(50, 0), registry.metrics.values(), 0), cells)
+    assert all(r.status == "ok" for r in results), [r.reason for r in results]
+    # Two poisoned sets, each trained once across the three defenses; the reference
+    # (the clean set) is the model under audit, already in the cache.
+    assert len(trained) == 2 and len(set(trained)) == 2
+    flips = [r for r in results if r.attack == "label-flip"]
+    assert len(flips) == 6
