@@ -39,7 +39,8 @@ def _with_drop(result: Mapping[str, Any], cell: Mapping[str, Any], acc: str, dro
     d = _value(cell, drop)
     if d is None:
         return text
-    return f"{text} ({format_value(-d, metric_meta(result, drop))})"
+    change = format_value(-d, metric_meta(result, drop))
+    return f"{text} ({'+' if -d > 0 else ''}{change})"
 
 
 def targeted_rows(result: Mapping[str, Any]) -> list[TargetedRow]:
