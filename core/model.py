@@ -274,32 +274,51 @@ class Model:
         self.queries += len(x)
         return _logits(self, x)
 
-    def features(self, x: np.ndarray) -> np.ndarray:
-        """The base network's penultimate activations for a batch: the input of its last
-        ``torch.nn.Linear`` layer, flattened to ``(N, D)`` float32; needs gradient
-        (white-box) access. Defense layers are not applied: these are the features the
-        network learnt (poison filters cluster them, feature collision matches them).
-        NotApplicable when the network has no Linear layer."""
-        import torch
+    def feature_module(self) -> torch.nn.Module:
+        """A torch module mapping a batch to the base network's penultimate activations
+        (the input of its last ``torch.nn.Linear`` layer), flattened to ``(N, D)``, with
+        the graph kept so gradients reach the inputs (feature collision); every row it
+        sees is counted. Defense layers are not applied: these are the features the
+        network learnt. Needs gradient access; NotApplicable when the network has no
+        Linear layer."""
+        from torch import nn
 
         self._require(Access.GRADIENTS, "features")
-        last = [m for m in self._base.modules() if isinstance(m, torch.nn.Linear)]
+        last = [m for m in self._base.modules() if isinstance(m, nn.Linear)]
         if not last:
             raise NotApplicable("needs the network's penultimate features (the input of "
                                 "its last torch.nn.Linear layer), and it has no Linear layer")
-        self.queries += len(x)
-        caught: list[torch.Tensor] = []
-        hook = last[-1].register_forward_hook(
-            lambda _m, inputs, _out: caught.append(inputs[0].detach().reshape(len(inputs[0]), -1)))
-        try:
-            with torch.no_grad():
-                for start in range(0, len(x), self.batch_size):
-                    self._base(_tensor(np.asarray(x[start:start + self.batch_size])))
-        finally:
-            hook.remove()
-        if not caught:
-            return np.zeros((0, last[-1].in_features), dtype=np.float32)
-        return torch.cat(caught).numpy().astype(np.float32)
+        model, net, layer = self, self._base, last[-1]
+
+        class Features(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net = net
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                caught: list[torch.Tensor] = []
+                hook = layer.register_forward_hook(
+                    lambda _m, inputs, _out: caught.append(inputs[0]))
+                try:
+                    self.net(x)
+                finally:
+                    hook.remove()
+                model.queries += int(x.shape[0])
+                return caught[-1].reshape(len(x), -1)
+
+        return Features().eval()
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`feature_module` on a numpy batch, without gradients: ``(N, D)`` float32
+        (poison filters cluster them)."""
+        import torch
+
+        module = self.feature_module()
+        out = [np.zeros((0, 0), dtype=np.float32)]
+        with torch.no_grad():
+            out = [module(_tensor(np.asarray(x[start:start + self.batch_size]))).numpy()
+                   for start in range(0, len(x), self.batch_size)] or out
+        return np.concatenate(out).astype(np.float32)
 
     def loss_gradient(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """The gradient of the mean cross-entropy over the rows given (one batch) with

@@ -40,37 +40,14 @@ if TYPE_CHECKING:
 
 
 def feature_extractor(model: Model) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A differentiable :meth:`gauntlet.Model.features`: maps a float tensor batch to the
-    base network's penultimate activations (the input of its last ``torch.nn.Linear``),
-    ``(N, D)``, with the graph kept so gradients reach the inputs. Counts every row as a
-    query, as ``features`` does. NotApplicable when the network has no Linear layer.
-
-    The public API offers features without gradients only, so this reaches the base
-    network itself (``Model._base``, which ``features`` reads too); a
-    ``Model.feature_module()`` beside ``differentiable()`` would make it public.
-    """
-    import torch
-
-    model.require(Access.GRADIENTS)
-    net = model._base
-    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
-    if not linears:
-        raise NotApplicable("feature collision matches the network's penultimate features "
-                            "(the input of its last torch.nn.Linear layer), and it has no "
-                            "Linear layer")
-    last = linears[-1]
-
-    def features(x: torch.Tensor) -> torch.Tensor:
-        caught: list[torch.Tensor] = []
-        hook = last.register_forward_hook(lambda _m, inputs, _out: caught.append(inputs[0]))
-        try:
-            net(x)
-        finally:
-            hook.remove()
-        model.queries += int(x.shape[0])
-        return caught[-1].reshape(len(x), -1)
-
-    return features
+    """The audited network's differentiable penultimate features
+    (:meth:`gauntlet.Model.feature_module`): counts every row as a query; NotApplicable
+    when the network has no Linear layer."""
+    try:
+        return model.feature_module()  # type: ignore[no-any-return]
+    except NotApplicable as exc:
+        raise NotApplicable(f"feature collision matches the network's penultimate "
+                            f"features: {exc}") from None
 
 
 def collide(features: Callable[[torch.Tensor], torch.Tensor], anchors: np.ndarray,
