@@ -39,7 +39,10 @@ def loans(n: int, seed: int) -> list[list]:
     return rows
 
 
-def main(path: Path = Path(__file__).with_name("credit.csv"), n: int = 4000) -> None:
+OUT = Path(__file__).with_name("credit.csv")
+
+
+def main(path: Path = OUT, n: int = 4000) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "loan_grade", "interest_rate", "income", "home_ownership",

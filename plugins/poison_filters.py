@@ -132,6 +132,7 @@ class ActivationClustering(PoisonFilter):
     """
 
     name = "activation-clustering"
+    in_default_audit = False  # a poisoning study: name it (examples/poison-filters.toml)
 
     dims: int = param(20, "PCA components of each class's penultimate activations that "
                       "are clustered (at most the rows and features there are)", ge=1)
@@ -204,6 +205,7 @@ class SpectralSignatures(PoisonFilter):
     """
 
     name = "spectral-signatures"
+    in_default_audit = False  # a poisoning study: name it (examples/poison-filters.toml)
 
     expected_fraction: float = param(0.1, "epsilon: the largest share of a class the "
                                      "defender expects poisoned; the top 1.5 epsilon of "
@@ -297,6 +299,7 @@ class STRIP(Defense):
     """
 
     name = "strip"
+    in_default_audit = False  # a poisoning study: name it (examples/poison-filters.toml)
     stage = Stage.DETECTOR
     fits_training_data = True  # overlays and threshold come from the training split
     adaptive = False
