@@ -71,10 +71,13 @@ class CleanOutcome(Predictions):
         few clean rows (``{"gradients": {...} | None, "repeat": {...}}``, see
         :class:`gauntlet.plan.Clean`); kept in the cell's artifacts for
         :func:`gauntlet.checklist.checklist`.
+    :param rejected: per row, did a detector of the deployment reject the clean input
+        (its cost to users, ``false_rejection_rate``)? None when nothing detects.
     """
 
     facts: dict[str, Any] = dataclasses.field(default_factory=dict)
     checks: dict[str, Any] = dataclasses.field(default_factory=dict)
+    rejected: np.ndarray | None = None
 
     def artifacts(self) -> dict[str, Any]:
         return {"checks": self.checks} if self.checks else {}

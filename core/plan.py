@@ -60,7 +60,8 @@ class Clean(Attack):
         # the facts, so a rehearsal (which stops at the facts) sees the rows it predicts.
         checks = live_checks(model, dataset.x_test, dataset.y_test)
         facts = model.deployment_facts(dataset.x_test, proba)
-        return CleanOutcome(y_true=dataset.y_test, proba=proba, facts=facts, checks=checks)
+        return CleanOutcome(y_true=dataset.y_test, proba=proba, facts=facts, checks=checks,
+                            rejected=model.rejects(dataset.x_test))
 
 
 def live_checks(model: Model, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:

@@ -146,18 +146,18 @@ class FalseRejectionRate(Metric):
 
     name = "false_rejection_rate"
     title = "False rejection rate (clean)"
-    applies_to = (EvasionOutcome, PoisoningOutcome)
+    applies_to = (EvasionOutcome, PoisoningOutcome, CleanOutcome)
     higher_is_better = False
     bounds = (0.0, 1.0)
     format = "percent"
 
     def applies(self, outcome: Outcome) -> bool:
-        if isinstance(outcome, PoisoningOutcome):
+        if isinstance(outcome, (PoisoningOutcome, CleanOutcome)):
             return outcome.rejected is not None
         return isinstance(outcome, EvasionOutcome) and outcome.rejected_clean is not None
 
     def compute(self, outcome: Outcome) -> MetricValue:  # type: ignore[override]
-        rejected = (outcome.rejected if isinstance(outcome, PoisoningOutcome)
+        rejected = (outcome.rejected if isinstance(outcome, (PoisoningOutcome, CleanOutcome))
                     else getattr(outcome, "rejected_clean", None))
         assert rejected is not None
         return proportion(int(rejected.sum()), len(rejected))

@@ -327,7 +327,8 @@ def test_describe_a_loader_plugin_shows_its_hooks():
 def test_describe_unknown_name_exits_2_with_suggestions_and_the_known_names():
     proc = gauntlet("describe", "fgms")
     assert_bad_input(proc, "no attack, defense, metric or plugin is called 'fgms'",
-                     "did you mean fgsm?", "known attacks: backdoor, bim, clean-label, cw-l2, deepfool, fgsm",
+                     "did you mean fgsm?",
+                     "known attacks: backdoor, bim, clean-label, cw-l2, deepfool, fgsm",
                      "metrics: ", "plugins: ")
     assert proc.stdout == ""
     assert_bad_input(gauntlet("describe", "fgsm", "--kind", "defense"),

@@ -171,3 +171,16 @@ class _Affine(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale + self.shift
+
+
+def test_the_clean_cell_reports_what_the_detector_costs_users(digits, digits_model,
+                                                             defended) -> None:
+    from gauntlet.plan import Clean
+    from gauntlet.plugins.metrics import FalseRejectionRate
+
+    outcome = Clean().run(defended, digits, np.random.default_rng(0))
+    assert outcome.rejected is not None
+    assert np.array_equal(outcome.rejected, defended.rejects(digits.x_test))
+    rate = FalseRejectionRate().evaluate(outcome)
+    assert rate.value == pytest.approx(outcome.rejected.mean()) and rate.n == len(digits.x_test)
+    assert Clean().run(digits_model, digits, np.random.default_rng(0)).rejected is None
