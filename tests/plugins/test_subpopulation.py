@@ -188,3 +188,23 @@ def test_report_lists_the_groups_worst_first_in_the_user_s_words(tmp_path) -> No
     section = html[html.index('id="targeted"'):]
     first, second = (section.index(html_mod.escape(r.target, quote=False)) for r in listed)
     assert first < second and listed[0].drop > listed[1].drop
+
+
+def test_a_supplied_tabular_model_is_poisoned_through_its_factory(customers: Dataset,
+                                                                   tmp_path) -> None:
+    import torch
+
+    from gauntlet.plugins.metrics import CollateralDrop, TargetDrop
+    from gauntlet.plugins.torch_models import load_model
+
+    trained = load_model("builtin:mlp", {"dataset": customers, "seed": 0})
+    path = tmp_path / "churn.pt"
+    torch.save(trained._base.state_dict(), path)  # the user's weights, without code
+    model = load_model(str(path), {"dataset": customers,
+                                   "arch": "gauntlet.plugins.torch_models:build_mlp"})
+    assert model is not None and model.recipe is not None
+    assert np.array_equal(model.labels(customers.x_test), trained.labels(customers.x_test))
+    outcome = Subpopulation(where="region=west, segment=student", fraction=2.0).run(
+        model, customers, np.random.default_rng(0))
+    assert TargetDrop().evaluate(outcome).value > 0.25
+    assert CollateralDrop().evaluate(outcome).value < 0.05
