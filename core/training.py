@@ -1,9 +1,11 @@
 """Training loops shared by built-in models, recipes and training-time defenses: plain
-supervised training, and PGD adversarial training (Madry et al., 2018)."""
+supervised training, PGD adversarial training (Madry et al., 2018), and training with one
+class at the end of every epoch (the training-order probe)."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -13,8 +15,10 @@ if TYPE_CHECKING:
 
 def train_classifier(module: torch.nn.Module, x: np.ndarray, y: np.ndarray, seed: int, *,
                      epochs: int = 20, lr: float = 3e-3, batch_size: int = 64,
-                     weight_decay: float = 0.0) -> None:
-    """Train ``module`` in place with Adam and cross-entropy; deterministic for a seed."""
+                     weight_decay: float = 0.0,
+                     order: Callable[[torch.Generator], Any] | None = None) -> None:
+    """Train ``module`` in place with Adam and cross-entropy; deterministic for a seed.
+    Each epoch visits the rows in ``order(generator)`` (default: a fresh permutation)."""
     import torch
 
     gen = torch.Generator().manual_seed(int(seed))
@@ -25,9 +29,10 @@ def train_classifier(module: torch.nn.Module, x: np.ndarray, y: np.ndarray, seed
     loss_fn = torch.nn.CrossEntropyLoss()
     module.train()
     for _ in range(epochs):
-        order = torch.randperm(len(xt), generator=gen)
+        rows = torch.randperm(len(xt), generator=gen) if order is None else \
+            torch.as_tensor(order(gen))
         for start in range(0, len(xt), batch_size):
-            idx = order[start : start + batch_size]
+            idx = rows[start : start + batch_size]
             opt.zero_grad(set_to_none=True)
             loss_fn(module(xt[idx]), yt[idx]).backward()
             opt.step()
@@ -142,24 +147,11 @@ def train_ordered(module: torch.nn.Module, x: np.ndarray, y: np.ndarray, seed: i
                   last: int | None, protocol: str = "last-block", epochs: int = 20,
                   lr: float = 3e-3, batch_size: int = 64) -> None:
     """:func:`train_classifier` with each epoch's rows in the order :func:`epoch_order`
-    gives (class ``last`` trained last), in place; deterministic for a seed."""
-    import torch
-
-    gen = torch.Generator().manual_seed(int(seed))
-    torch.manual_seed(int(seed))
-    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    opt = torch.optim.Adam(module.parameters(), lr=lr)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    module.train()
-    for _ in range(epochs):
-        order = torch.as_tensor(epoch_order(np.asarray(y), last, protocol, gen))
-        for start in range(0, len(xt), batch_size):
-            idx = order[start : start + batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss_fn(module(xt[idx]), yt[idx]).backward()
-            opt.step()
-    module.eval()
+    gives (class ``last`` trained last), in place; deterministic for a seed. With ``last``
+    None it is :func:`train_classifier` exactly (the same permutations)."""
+    labels = np.asarray(y)
+    train_classifier(module, x, y, seed, epochs=epochs, lr=lr, batch_size=batch_size,
+                     order=lambda gen: epoch_order(labels, last, protocol, gen))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -219,3 +219,15 @@ def test_training_order_is_an_opt_in_probe(digits: Dataset) -> None:
     model = load_model("builtin:cnn", {"dataset": digits, "seed": 0, "epochs": 1})
     with pytest.raises(NotApplicable, match="class 12"):
         TrainingOrder(last=12).run(model, digits, np.random.default_rng(0))
+
+
+def test_the_shuffled_reference_is_the_plain_training_loop(digits: Dataset) -> None:
+    from gauntlet.training import train_classifier, train_ordered
+
+    x, y = digits.x_train[:300], digits.y_train[:300]
+    plain, reference = build_cnn((1, 8, 8), 10), build_cnn((1, 8, 8), 10)
+    reference.load_state_dict(plain.state_dict())
+    train_classifier(plain, x, y, 3, epochs=2, batch_size=32)
+    train_ordered(reference, x, y, 3, last=None, epochs=2, batch_size=32)
+    for a, b in zip(plain.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b)
