@@ -98,6 +98,11 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     passed_model = model is not None and not isinstance(model, str)
     inputs = load_inputs(registry, cfg, model=model if passed_model else None,
                          data=data if isinstance(data, Dataset) else None)
+    checked: set[str] = set()
+    for cell in cells:  # parameters that name things in the data: a usage error, exit 2
+        if cell.attack_key not in checked:
+            checked.add(cell.attack_key)
+            cell.attack(**cell.attack_params).check_data(inputs.evaluated)
     result = skeleton(cfg, registry, inputs.model, inputs.dataset, inputs.evaluated,
                       passed_model=passed_model, passed_data=isinstance(data, Dataset))
     store = None

@@ -54,6 +54,12 @@ class Attack(Parameterised):
         if self.needs_recipe:
             model.require_recipe()
 
+    def check_data(self, dataset: Dataset) -> None:
+        """Raise ConfigError if a parameter names something ``dataset`` lacks (a column
+        value, a class): called once per attack point after the data is loaded and
+        before any cell runs, so a typo exits with a usage error instead of failing
+        cells. The default checks nothing."""
+
     def run(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> Outcome:
         """Attack ``model`` using ``dataset``; return the outcome. Draw randomness from
         ``rng`` (numpy and torch are also seeded per cell by the runner)."""

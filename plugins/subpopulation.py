@@ -43,9 +43,11 @@ def categorical_columns(feature_names: tuple[str, ...]) -> dict[str, list[int]]:
 
 
 def parse_where(where: str, feature_names: tuple[str, ...]) -> list[int]:
-    """The one-hot columns named by ``"column=value, column=value"`` (each must be one of
-    the data's feature names); ConfigError naming the unknown ones otherwise."""
-    wanted = [part.strip() for part in where.split(",") if part.strip()]
+    """The one-hot columns named by ``"column=value, column=value"`` (or joined by ``&``,
+    as the report names groups; spaces around ``=`` are ignored), each one of the data's
+    feature names; ConfigError naming the unknown ones otherwise."""
+    parts = [part.strip() for part in where.replace("&", ",").split(",") if part.strip()]
+    wanted = ["=".join(side.strip() for side in part.split("=", 1)) for part in parts]
     index = {name: i for i, name in enumerate(feature_names)}
     unknown = [w for w in wanted if w not in index or "=" not in w]
     if unknown or not wanted:
@@ -143,6 +145,10 @@ class Subpopulation(PoisoningAttack):
             raise ConfigError("subpopulation: where names categorical values; it needs "
                               "method = 'featurematch'")
 
+    def check_data(self, dataset: Dataset) -> None:
+        if self.where:
+            parse_where(self.where, dataset.feature_names)
+
     def poison(self, dataset: Dataset, rng: np.random.Generator) -> PoisonedSet:
         if len(dataset.input_shape) != 1 and self.method == "featurematch":
             raise NotApplicable(f"FeatureMatch needs feature vectors; this data's inputs are "
@@ -188,8 +194,9 @@ class Subpopulation(PoisoningAttack):
     def _pick(self, found: list) -> tuple:
         if self.subpopulation >= len(found):
             raise NotApplicable(f"{self.method} found {len(found)} candidate subpopulations "
-                                f"of {self.min_rows} to {self.max_share:.0%} of the training "
-                                f"rows; subpopulation {self.subpopulation} is not one of them")
+                                f"of at least {self.min_rows} rows and at most "
+                                f"{self.max_share:.0%} of the training rows; subpopulation "
+                                f"{self.subpopulation} is not one of them")
         return found[self.subpopulation]  # type: ignore[no-any-return]
 
     def _label(self, dataset: Dataset, y_sub: np.ndarray) -> int:

@@ -40,6 +40,8 @@ def _with_drop(result: Mapping[str, Any], cell: Mapping[str, Any], acc: str, dro
     if d is None:
         return text
     change = format_value(-d, metric_meta(result, drop))
+    if not change.strip("-0.%"):  # "-0.0%": no change to the precision shown
+        return f"{text} ({change.lstrip('-')})"
     return f"{text} ({'+' if -d > 0 else ''}{change})"
 
 

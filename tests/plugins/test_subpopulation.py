@@ -208,3 +208,38 @@ def test_a_supplied_tabular_model_is_poisoned_through_its_factory(customers: Dat
         model, customers, np.random.default_rng(0))
     assert TargetDrop().evaluate(outcome).value > 0.25
     assert CollateralDrop().evaluate(outcome).value < 0.05
+
+
+def test_a_where_the_data_lacks_is_a_usage_error_before_any_cell(customers: Dataset,
+                                                                 tmp_path) -> None:
+    from test_cli import assert_bad_input, gauntlet
+
+    path = tmp_path / "c.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["region", "segment", "a", "b", "churn"])
+        writer.writerows(table(200))
+    config = tmp_path / "audit.toml"
+    config.write_text(f'out = "{tmp_path / "out"}"\n[model]\nspec = "builtin:mlp"\nepochs = 1\n'
+                      f'[data]\nspec = "csv:{path}"\nlabel = "churn"\n'
+                      '[attacks.subpopulation]\nwhere = "region=mars"\n[defenses.none]\n')
+    proc = gauntlet("audit", str(config))
+    assert_bad_input(proc, "region=mars is not a categorical value", "region=west")
+    assert not (tmp_path / "out" / "cells.jsonl").exists()
+
+
+def test_where_takes_the_report_s_own_spelling(customers: Dataset) -> None:
+    from gauntlet.plugins.subpopulation import parse_where
+
+    names = customers.feature_names
+    expected = [names.index("region=west"), names.index("segment=student")]
+    for spelling in ("region=west, segment=student", "region=west & segment=student",
+                     "region = west ,segment= student"):
+        assert parse_where(spelling, names) == expected
+
+
+def test_describe_names_the_attack_alone() -> None:
+    from gauntlet.registry import make_registry
+
+    details = make_registry().details("subpopulation", None)
+    assert details["kind"] == "attack" and details["in_default_audit"] is False
