@@ -28,6 +28,23 @@ class ThresholdMembership(MembershipAttack):
         return model.predict(x).max(axis=1).astype(np.float64)
 
 
+class LossMembership(MembershipAttack):
+    """Loss threshold: members are the rows the model fits best (lowest cross-entropy).
+
+    Yeom et al., 2018, "Privacy Risk in Machine Learning: Analyzing the Connection to
+    Overfitting" (the loss attack). Knows each row's true label; the score is the log
+    probability of it (minus the loss), floored at 1e-12 so a zero stays finite.
+    """
+
+    name = "mia-loss"
+
+    def scores(self, model: Model, x: np.ndarray, y: np.ndarray,
+               rng: np.random.Generator) -> np.ndarray:
+        proba = model.predict(x)
+        return np.log(np.maximum(proba[np.arange(len(y)), y], 1e-12)).astype(np.float64)
+
+
 @hookimpl
 def register_attacks(register: Callable[[type[Attack]], None]) -> None:
     register(ThresholdMembership)
+    register(LossMembership)

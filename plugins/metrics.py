@@ -614,6 +614,47 @@ class MembershipAUC(Metric):
         return MetricValue(auc, n1 + n0, low, high)
 
 
+def tpr_at_fpr(members: np.ndarray, nonmembers: np.ndarray, fpr: float) -> tuple[int, int]:
+    """(members caught, members) at the threshold that catches the most members while
+    flagging at most ``floor(fpr * len(nonmembers))`` non-members (score >= threshold
+    means "member"): the ROC's true positives at false-positive rate ``fpr``."""
+    members, nonmembers = np.asarray(members), np.asarray(nonmembers)
+    allowed = math.floor(fpr * len(nonmembers) + 1e-9)
+    ranked = np.sort(nonmembers)[::-1]
+    # The threshold must sit above the (allowed + 1)-th highest non-member score.
+    above = ranked[allowed] if allowed < len(ranked) else -np.inf
+    return int((members > above).sum()), len(members)
+
+
+class TprAtOnePercentFpr(Metric):
+    """Share of members a membership attack catches while at most 1% of non-members are
+    flagged, with a Wilson interval: the low false-positive regime where an average
+    accuracy hides real leaks (Carlini et al., 2022, "Membership Inference Attacks From
+    First Principles"). Read off the evaluation half's own ROC, as that paper reports it;
+    with fewer than 100 non-members no false positive is allowed."""
+
+    name = "tpr_at_1pct_fpr"
+    title = "TPR at 1% FPR"
+    applies_to = (MembershipOutcome,)
+    higher_is_better = False
+    bounds = (0.0, 1.0)
+    format = "percent"
+    fpr: ClassVar[float] = 0.01
+
+    def compute(self, outcome: MembershipOutcome) -> MetricValue:  # type: ignore[override]
+        caught, n = tpr_at_fpr(outcome.scores_members, outcome.scores_nonmembers, self.fpr)
+        return proportion(caught, n)
+
+
+class TprAtTenthPercentFpr(TprAtOnePercentFpr):
+    """Share of members a membership attack catches while at most 0.1% of non-members
+    are flagged, with a Wilson interval (with fewer than 1,000 non-members, none)."""
+
+    name = "tpr_at_0_1pct_fpr"
+    title = "TPR at 0.1% FPR"
+    fpr = 0.001
+
+
 # -- probes ----------------------------------------------------------------------------
 
 
@@ -721,7 +762,8 @@ METRICS: tuple[type[Metric], ...] = (
     PoisonedAccuracy, AccuracyDrop, BackdoorSuccess, TriggeredAccuracy,
     TargetSuccess, TargetAccuracy, CollateralAccuracy, TargetDrop, CollateralDrop,
     DetectionPrecision, DetectionRecall, PoisonLinf, PoisonL2,
-    MembershipAccuracy, MembershipAdvantage, MembershipAUC,
+    MembershipAccuracy, MembershipAdvantage, MembershipAUC, TprAtOnePercentFpr,
+    TprAtTenthPercentFpr,
     TopClassShare, PredictionEntropy, ProbeConfidence,
     LastClassShare, LastClassShareShuffled, OrderedAccuracy,
 )

@@ -223,3 +223,45 @@ def test_default_cnn_uses_every_test_row(digits_model: Model, digits: Dataset, r
     assert len(outcome.scores_members) == len(outcome.scores_nonmembers) == 225
     assert 0.0 < outcome.threshold <= 1.0
     assert np.all((outcome.scores_members > 0) & (outcome.scores_members <= 1))
+
+
+# -- the loss attack and the low false-positive regime ----------------------------------
+
+
+def test_loss_attack_scores_the_true_label_s_log_probability(overfit, rng) -> None:
+    from gauntlet.plugins.membership import LossMembership
+
+    model, small = overfit
+    x, y = small.x_test[:40], small.y_test[:40]
+    scores = LossMembership().scores(model, x, y, rng)
+    proba = model.predict(x)
+    expected = np.log(np.maximum(proba[np.arange(40), y], 1e-12))  # minus the loss
+    assert np.allclose(scores, expected)
+    # It reads the label: scored with a wrong label, rows score far lower on average.
+    wrong = LossMembership().scores(model, x, (y + 1) % 10, rng)
+    assert wrong.mean() < scores.mean() - 1.0
+    outcome = LossMembership().run(model, small, rng)
+    auc = MembershipAUC().evaluate(outcome).value
+    assert auc > 0.55 and advantage(outcome, outcome.threshold) > 0.15
+    assert make_registry(entrypoints=False, plugins={"m": membership}).attacks["mia-loss"] \
+        is LossMembership
+
+
+@pytest.mark.parametrize("fpr", [0.001, 0.01, 0.1])
+def test_tpr_at_low_fpr_matches_sklearn_s_roc(fpr: float) -> None:
+    from gauntlet.plugins.metrics import TprAtOnePercentFpr, tpr_at_fpr
+
+    gen = np.random.default_rng(4)
+    members = np.round(gen.normal(0.6, 1.0, 1500), 1)  # rounded: many ties
+    nonmembers = np.round(gen.normal(0.0, 1.0, 2000), 1)
+    caught, n = tpr_at_fpr(members, nonmembers, fpr)
+    y = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
+    fprs, tprs, _ = roc_curve(y, np.r_[members, nonmembers], drop_intermediate=False)
+    assert n == 1500 and caught / n == pytest.approx(tprs[fprs <= fpr + 1e-12].max())
+    outcome = MembershipOutcome(members, nonmembers, threshold=0.0)
+    if fpr == 0.01:
+        v = TprAtOnePercentFpr().evaluate(outcome)
+        assert v.value == pytest.approx(caught / n) and v.low <= v.value <= v.high
+    # Perfect separation: every member caught at 0.1% FPR; none when they are the same.
+    assert tpr_at_fpr(np.array([5.0, 6.0]), np.zeros(10), fpr) == (2, 2)
+    assert tpr_at_fpr(np.zeros(4), np.zeros(10), fpr) == (0, 4)
