@@ -314,10 +314,9 @@ class Model:
         import torch
 
         module = self.feature_module()
-        out = [np.zeros((0, 0), dtype=np.float32)]
         with torch.no_grad():
             out = [module(_tensor(np.asarray(x[start:start + self.batch_size]))).numpy()
-                   for start in range(0, len(x), self.batch_size)] or out
+                   for start in range(0, max(len(x), 1), self.batch_size)]
         return np.concatenate(out).astype(np.float32)
 
     def loss_gradient(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:

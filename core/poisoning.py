@@ -156,12 +156,18 @@ class PoisoningAttack(Attack):
         """
         raise NotImplementedError
 
+    def craft(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> PoisonedSet:
+        """The poisoned training set, for an attacker who reads the model under audit: a
+        white-box poisoner (feature collision) overrides this instead of :meth:`poison`
+        and may ask ``model`` for what ``needs`` allows. The default is :meth:`poison`."""
+        return self.poison(dataset, rng)
+
     def run(self, model: Model, dataset: Dataset, rng: np.random.Generator, *,
             refit: Refit | None = None) -> PoisoningOutcome:
         """Poison, re-train and measure. ``refit`` is the core's (see
         :func:`evaluate_poisoning`); a plugin never passes it."""
         self.check(model)
-        poisoned = self._checked(self.poison(dataset, rng), dataset)
+        poisoned = self._checked(self.craft(model, dataset, rng), dataset)
         return evaluate_poisoning(model, dataset, poisoned, self.train_seed, refit)
 
     def _checked(self, poisoned: object, dataset: Dataset) -> PoisonedSet:

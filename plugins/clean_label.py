@@ -30,7 +30,6 @@ from gauntlet import (
     NotApplicable,
     PoisonedSet,
     PoisoningAttack,
-    PoisoningOutcome,
     hookimpl,
     param,
 )
@@ -134,25 +133,6 @@ class FeatureCollision(PoisoningAttack):
     watermark: float = param(0.3, "opacity of the target blended into each base before "
                              "crafting (Shafahi's 0.3 for end-to-end training; 0: none)",
                              ge=0, lt=1)
-
-    _model: Model | None = None
-
-    def run(self, model: Model, dataset: Dataset, rng: np.random.Generator,
-            **core: Any) -> PoisoningOutcome:
-        """The base's run, with the model kept for :meth:`poison` (which the base calls
-        with the data only): the poisons are crafted against it. ``core`` is what the core
-        passes the base (``refit``), passed on."""
-        self._model = model
-        try:
-            return super().run(model, dataset, rng, **core)
-        finally:
-            self._model = None
-
-    def poison(self, dataset: Dataset, rng: np.random.Generator) -> PoisonedSet:
-        if self._model is None:
-            raise TypeError("clean-label crafts its poisons against the model under audit: "
-                            "call run(model, ...) or craft(model, ...)")
-        return self.craft(self._model, dataset, rng)
 
     def craft(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> PoisonedSet:
         """The poisoned training set, crafted against ``model``. Its ``poisoned_rows``

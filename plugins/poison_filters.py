@@ -103,6 +103,7 @@ from gauntlet import (
     hookimpl,
     param,
 )
+from gauntlet.model import softmax
 
 if TYPE_CHECKING:
     import torch
@@ -115,13 +116,6 @@ def _classes(y: np.ndarray, n_classes: int) -> Iterator[tuple[int, np.ndarray]]:
     """Each class with the indices of its training rows, in class order."""
     for c in range(n_classes):
         yield c, np.flatnonzero(y == c)
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z -= z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
 
 
 class ActivationClustering(PoisonFilter):
@@ -194,7 +188,7 @@ class ActivationClustering(PoisonFilter):
         """The cluster whose rows the model places more confidently in a class other than
         ``label``: the mean over its rows of the top probability of the softmax over the
         other classes' logits."""
-        others = _softmax(np.delete(logits, label, axis=1)).max(axis=1)
+        others = softmax(np.delete(logits, label, axis=1)).max(axis=1)
         return int(np.argmax([others[labels == k].mean() for k in (0, 1)]))
 
 
