@@ -385,24 +385,25 @@ def _defenses(result: Mapping[str, Any]) -> list[DefenseNote]:
     return notes
 
 
+#: The report's chart groups in order: (id, title, caption, the charts' builder, wide).
+_CHART_GROUPS = (
+    ("charts-robustness", "Robustness against perturbation size",
+     "Robust accuracy of each defended model as the attack's budget grows.",
+     charts_mod.robustness_charts, False),
+    ("charts-poisoning", "Poisoning against its parameters",
+     "Each point is the model re-trained on a poisoned training set: what the poison "
+     "costs on clean data, and what a trigger buys the attacker.",
+     charts_mod.poisoning_charts, False),
+    ("charts-roc", "Membership inference ROC",
+     "How well the attacker separates training members from non-members.",
+     charts_mod.roc_charts, False),
+)
+
+
 def _chart_groups(result: Mapping[str, Any]) -> list[ChartGroup]:
-    groups = []
-    robust = charts_mod.robustness_charts(result)
-    if robust:
-        groups.append(ChartGroup("charts-robustness", "Robustness against perturbation size",
-                                 "Robust accuracy of each defended model as the attack's "
-                                 "budget grows.", robust, False))
-    poisoning = charts_mod.poisoning_charts(result)
-    if poisoning:
-        groups.append(ChartGroup("charts-poisoning", "Poisoning against its parameters",
-                                 "Each point is the model re-trained on a poisoned training "
-                                 "set: what the poison costs on clean data, and what a "
-                                 "trigger buys the attacker.", poisoning, False))
-    roc = charts_mod.roc_charts(result)
-    if roc:
-        groups.append(ChartGroup("charts-roc", "Membership inference ROC",
-                                 "How well the attacker separates training members from "
-                                 "non-members.", roc, False))
+    groups = [ChartGroup(key, title, text, charts, wide)
+              for key, title, text, build, wide in _CHART_GROUPS
+              if (charts := build(result))]
     for i, (title, charts) in enumerate(charts_mod.histogram_charts(result)):
         groups.append(ChartGroup(f"charts-hist-{i}", f"Probe predictions: {title}",
                                  "Predicted classes on the probe inputs; a tall single bar "
