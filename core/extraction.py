@@ -10,7 +10,7 @@ the attacker never saw.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,6 +49,10 @@ class ExtractionAttack(Attack):
 
     budget: int = param(1000, "most rows the theft may send to the victim", ge=1)
 
+    #: Small JSON-able facts ``steal`` records for the report (which answers it read,
+    #: rounds run); reset by :meth:`run` before each theft and kept in the outcome.
+    notes: dict[str, Any]
+
     def steal(self, model: Model, pool: np.ndarray, budget: int,
               rng: np.random.Generator) -> torch.nn.Module:
         """Return a substitute: a torch module mapping ``(N, *input_shape)`` float32 to
@@ -62,6 +66,9 @@ class ExtractionAttack(Attack):
             an error, not a stronger result.
         :param rng: the cell's generator; draw all randomness from it (torch's global
             generator is also seeded per cell, for training the substitute).
+
+        Facts for the report go in ``self.notes`` (a fresh dict per run), e.g.
+        ``self.notes["answers"] = "scores"``; the outcome keeps them.
         """
         raise NotImplementedError
 
@@ -70,6 +77,7 @@ class ExtractionAttack(Attack):
         pool = dataset.x_train.view()
         pool.flags.writeable = False  # steal() must not change the dataset
         before = model.queries
+        self.notes = {}
         substitute = self.steal(model, pool, self.budget, rng)
         spent = model.queries - before
         if spent > self.budget:
@@ -79,7 +87,8 @@ class ExtractionAttack(Attack):
         return ExtractionOutcome(
             y_true=dataset.y_test, proba_victim=measure(model, x_test),
             proba_substitute=self._substitute_scores(substitute, x_test, model),
-            queries=spent, rows=np.arange(len(x_test), dtype=np.int64))
+            queries=spent, rows=np.arange(len(x_test), dtype=np.int64),
+            notes=dict(self.notes))
 
     def _substitute_scores(self, substitute: object, x: np.ndarray, model: Model) -> np.ndarray:
         """The substitute's probabilities on ``x``, or SubstituteError naming the attack."""

@@ -364,6 +364,8 @@ class ExtractionOutcome(Outcome):
     :param proba_substitute: the substitute's probabilities on the same rows.
     :param queries: rows the theft sent to the victim, counted by the Model.
     :param rows: the test rows' indices in the evaluated test set.
+    :param notes: the attack's small facts for the report (which answers it read: labels
+        or scores; rounds run), shown as plugin text.
     """
 
     y_true: np.ndarray
@@ -371,6 +373,10 @@ class ExtractionOutcome(Outcome):
     proba_substitute: np.ndarray
     queries: int
     rows: np.ndarray | None = None
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def artifacts(self) -> dict[str, Any]:
+        return {"notes": self.notes} if self.notes else {}
 
     @property
     def n(self) -> int:
