@@ -160,7 +160,7 @@ def jacobian_theft(model: Model, pool: np.ndarray, budget: int, rng: np.random.G
     victim, then ``rounds`` rounds of Jacobian-based dataset augmentation, each adding
     ``x + lam * sign(dF_c(x)/dx)`` for every row ``x`` held (``c`` its victim label, ``F``
     the substitute's logits), clipped to the valid range, answered by the victim, and the
-    substitute trained on on everything held (warm start). The victim never sees more
+    substitute trained on everything held (warm start). The victim never sees more
     than ``budget`` rows: a round that would exceed it answers a random subset of its new
     rows, and augmentation stops once the budget is spent."""
     import torch
@@ -221,9 +221,14 @@ class JacobianSubstitute(ExtractionAttack):
     rows once the query budget runs short, no periodic step sign). Measures how much of
     the victim a label-only (or score-reading) attacker copies from ``seed_size`` pool
     rows and their synthetic neighbours: fidelity and substitute accuracy on the test rows,
-    and the queries spent. On the digits demo CNN (seed_size 100, lam 0.1, epochs 10,
-    architecture same, labels, 1 thread): fidelity 0.xx with 0 rounds (100 queries) and
-    0.xx with 3 rounds (800 queries), about x s a cell.
+    and the queries spent. The default substitute is the built-in MLP: the victim's own
+    CNN (``architecture="same"``) costs 5-8 times the time for a point or two of fidelity.
+    On the digits demo CNN (450 test rows; seed_size 100, lam 0.1, epochs 10, MLP, one
+    thread): fidelity 0.90 / 0.90 / 0.90 / 0.89 after 0 / 1 / 2 / 3 rounds (100 / 200 /
+    400 / 800 queries) with labels, 0.92 / 0.94 / 0.93 / 0.93 with scores; knockoff's 300
+    random pool rows do as well (0.93), as natural rows carry more than synthetic ones.
+    The augmentation pays from a small seed: 20 rows, lam 0.2, labels: 0.61 with 0 rounds,
+    0.68 with 3 (160 queries). About 1-3 s a cell.
     """
 
     name = "jacobian-substitute"
@@ -260,8 +265,12 @@ class Knockoff(ExtractionAttack):
     update the preferences against the running mean reward, and train the substitute one
     epoch on everything held; the substitute is trained ``epochs`` more at the end.
     Measures fidelity, substitute accuracy and queries against the budget. On the digits
-    demo CNN (architecture same, epochs 10, 1 thread): fidelity 0.xx / 0.xx / 0.xx at
-    budget 100 / 300 / 1000 (random, labels), about x s a cell at 1000.
+    demo CNN (450 test rows; MLP substitute, epochs 10, one thread), fidelity at budget
+    100 / 300 / 1000: random 0.88 / 0.93 / 0.95 with labels, 0.89 / 0.93 / 0.95 with
+    scores; adaptive 0.77 / 0.92 / 0.98 with labels, 0.78 / 0.94 / 0.98 with scores (at
+    100 rows the bandit's first round over 10 clusters spends most of the budget). The
+    victim's CNN as substitute (``architecture="same"``): 0.97 at 1000 random rows, at
+    7 times the time. About 0.3-0.9 s a cell (random).
     """
 
     name = "knockoff"
@@ -371,8 +380,10 @@ class Transfer(EvasionAttack):
     sends them to the victim. Robust accuracy here beside the white-box attacks' at the
     same eps: a transfer attack that beats PGD means masked gradients. Every query it
     counts is a theft query (the substitute is stolen once per cell, from the deployment
-    attacked). On the digits demo CNN (eps 0.2, budget 1000, 1 thread): robust accuracy
-    0.xx against PGD's 0.xx at eps 0.2, clean 0.xx, about x s a cell.
+    attacked). On the digits demo CNN (450 test rows, clean accuracy 0.98; eps 0.2, budget
+    1000 of which 800 spent, MLP substitute, one thread): robust accuracy 0.40 against
+    white-box PGD's 0.004 at eps 0.2; under adv-training 0.61 against PGD's 0.22. About
+    1-3 s a cell.
     """
 
     name = "transfer"
@@ -395,7 +406,6 @@ class Transfer(EvasionAttack):
         self._pool = dataset.x_train.view()
         self._pool.flags.writeable = False
         self._thefts: dict[int, Theft] = {}
-        self._queried: dict[int, int] = {}
         out = super().run(model, dataset, rng, **kwargs)
         theft = self._thefts.get(id(model))
         notes = dict(theft.notes) if theft else {}

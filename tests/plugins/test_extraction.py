@@ -49,3 +49,30 @@ def test_extraction_family_runs_through_the_matrix(digits, digits_model):
         # a copy trained on the victim's own answers agrees with it most of the time
         assert fidelity is not None and fidelity > 0.85
         assert result.value("substitute_accuracy", "query-theft", defense) <= clean + 0.05
+
+
+class NotingTheft(QueryTheft):
+    """Trains a copy of the architecture on the victim's labels and notes what it read.
+
+    Test attack: ``self.notes`` reaches the outcome's artifacts, fresh for each run.
+    """
+
+    name = "noting-theft"
+
+    def steal(self, model, pool, budget, rng):
+        assert self.notes == {}  # reset by the base before each theft
+        self.notes["answers"] = "labels"
+        x = np.array(pool[:budget])  # a writable copy for torch
+        return model.require_recipe().train(x, model.labels(x), seed=1)
+
+
+def test_notes_reach_the_outcome(digits, digits_model):
+    attack = NotingTheft(budget=50)
+    for _ in range(2):
+        outcome = attack.run(digits_model.deploy(), digits, np.random.default_rng(0))
+        assert outcome.notes == {"answers": "labels"}
+        assert outcome.artifacts() == {"notes": {"answers": "labels"}}
+        assert outcome.queries == 50
+    plain = ExtractionOutcome(y_true=np.array([0]), proba_victim=np.eye(3)[[0]],
+                              proba_substitute=np.eye(3)[[0]], queries=1)
+    assert plain.artifacts() == {}
