@@ -219,6 +219,8 @@ class Model:
         self.queries = 0
         self._watched: np.ndarray | None = None
         self._seen: np.ndarray | None = None
+        #: Facts about the base module from how it was trained (see :meth:`with_module`).
+        self._facts: dict[str, Any] = {}
         self._compose()
 
     def _compose(self) -> None:
@@ -433,19 +435,29 @@ class Model:
                       eot=eot)
         return self._derived(self._base, self._layers + (layer,))
 
-    def with_module(self, module: torch.nn.Module, recipe: Recipe | None = None) -> Model:
+    def with_module(self, module: torch.nn.Module, recipe: Recipe | None = None,
+                    facts: dict[str, Any] | None = None) -> Model:
         """The same deployment (every defense included) around another base module;
         ``recipe``, when given, replaces the model's (a training-time defense passes its
-        own: :meth:`Recipe.with_fit`)."""
-        return self._derived(module, self._layers, recipe)
+        own: :meth:`Recipe.with_fit`).
+
+        ``facts``: what the training of ``module`` measured of it, as MetricValues (or
+        floats) by metric name (a DP-SGD defense's privacy budget). They describe that
+        module, so they stay with it: deployments of it keep them (:meth:`deploy`), its
+        clean cell reports them (:meth:`deployment_facts`; register a
+        :class:`gauntlet.Fact` per name), and another module (a poisoning attack's
+        re-training) starts without them."""
+        return self._derived(module, self._layers, recipe, dict(facts or {}))
 
     def _derived(self, base: Any, layers: tuple[Layer, ...],
-                 recipe: Recipe | None = None) -> Model:
+                 recipe: Recipe | None = None,
+                 facts: dict[str, Any] | None = None) -> Model:
         new = Model(base, input_shape=self.input_shape, n_classes=self.n_classes,
                     clip_values=self.clip_values, access=self._base_access,
                     recipe=recipe or self.recipe, name=self.name, source=self.source,
                     batch_size=self.batch_size)
         new._layers = layers
+        new._facts = dict(self._facts if facts is None else facts)
         new._compose()
         return new
 
@@ -518,10 +530,15 @@ class Model:
         return logits.argmax(axis=1).astype(np.int64)
 
     def deployment_facts(self, x: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-        """What the serving wrapper measured of itself on the clean rows ``x`` (served
-        ``scores``), as MetricValues by metric name; empty when served in the clear."""
+        """What is known of this deployment, as MetricValues by metric name: the facts
+        its base module was trained with (``with_module(..., facts=...)``), and what the
+        serving wrapper measured of itself on the clean rows ``x`` (served ``scores``);
+        empty for a module without facts served in the clear."""
         self._not_rehearsing()
-        return {} if self._served is None else dict(self._served.facts(x, scores))
+        facts = dict(self._facts)
+        if self._served is not None:
+            facts.update(self._served.facts(x, scores))
+        return facts
 
     # -- what attacks need ----------------------------------------------------------
     def require(self, access: Access) -> None:
