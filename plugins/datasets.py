@@ -61,6 +61,8 @@ def load_sklearn(name: str, options: Mapping[str, Any]) -> Dataset:
         known = ", ".join(("digits",) + _TABULAR)
         raise DataError(f"unknown scikit-learn dataset {name!r}; known: {known}")
     xtr, xte, ytr, yte = _split(x, bunch.target, options)
+    limit_train, limit_test = _limits(options)
+    xtr, ytr, xte, yte = xtr[:limit_train], ytr[:limit_train], xte[:limit_test], yte[:limit_test]
     return Dataset.from_arrays(f"sklearn:{name}", xtr, ytr, xte, yte,
                                n_classes=len(names), class_names=names,
                                source={"spec": f"sklearn:{name}"}, feature_names=features)
