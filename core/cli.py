@@ -92,7 +92,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from gauntlet import config as config_mod
     from gauntlet.api import audit
 
-    cfg = config_mod.load(args.config) if args.config else config_mod.AuditConfig()
+    if args.config:
+        cfg = config_mod.load(args.config)
+    elif args.model is None and args.data is None:
+        cfg = config_mod.demo()
+    else:
+        cfg = config_mod.AuditConfig()
     cfg = config_mod.override(cfg, model=args.model, data=args.data, attacks=args.attacks,
                               defenses=args.defenses, out=args.out, seed=args.seed,
                               samples=args.samples, timeout=args.timeout)
