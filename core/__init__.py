@@ -26,7 +26,7 @@ from gauntlet.evasion import EvasionAttack  # noqa: E402
 from gauntlet.extraction import ExtractionAttack  # noqa: E402
 from gauntlet.files import sha256_file  # noqa: E402
 from gauntlet.intake import Finding, ScanReport, read_model_file  # noqa: E402
-from gauntlet.membership import MembershipAttack  # noqa: E402
+from gauntlet.membership import MembershipAttack, Shadows, train_shadows  # noqa: E402
 from gauntlet.metric import Fact, Metric, MetricValue, proportion, wilson  # noqa: E402
 from gauntlet.model import Access, Model, Recipe  # noqa: E402
 from gauntlet.outcome import (  # noqa: E402
@@ -73,7 +73,8 @@ __all__ = [
     "EvasionOutcome", "ExtractionOutcome", "Fact", "Family", "Finding", "GauntletError",
     "MembershipOutcome", "Metric", "MetricValue", "Model", "ModelLoadError", "NotApplicable",
     "Outcome", "PluginError", "PoisoningOutcome", "Predictions", "ProbeOutcome", "Recipe",
-    "ScanReport", "ServerViewOutcome", "Stage", "TamperOutcome", "TrainingOrderOutcome",
+    "ScanReport", "ServerViewOutcome", "Shadows", "Stage", "TamperOutcome",
+    "TrainingOrderOutcome", "train_shadows",
     "__version__", "audit", "hookimpl", "proportion", "read_model_file", "sha256_file",
     "wilson",
 ]

@@ -10,7 +10,8 @@ was tuned on.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -108,16 +109,26 @@ class MembershipAttack(Attack):
         """
         raise NotImplementedError
 
+    def score_rows(self, model: Model, dataset: Dataset, member_rows: np.ndarray,
+                   nonmember_rows: np.ndarray, rng: np.random.Generator
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of the drawn members (rows of the training split) and non-members (rows
+        of the test split). By default :meth:`scores` on each; an attack that needs the
+        whole experiment at once (shadow models that know the population) overrides it."""
+        return (self.scores(model, dataset.x_train[member_rows], dataset.y_train[member_rows],
+                            rng),
+                self.scores(model, dataset.x_test[nonmember_rows], dataset.y_test[nonmember_rows],
+                            rng))
+
     def run(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> MembershipOutcome:
         self.check(model)
         split = draw_split(len(dataset.x_train), len(dataset.x_test), self.members, rng)
         member_rows = np.r_[split.members_calibration, split.members_evaluation]
         nonmember_rows = np.r_[split.nonmembers_calibration, split.nonmembers_evaluation]
-        members = self._checked(self.scores(model, dataset.x_train[member_rows],
-                                            dataset.y_train[member_rows], rng), member_rows)
-        nonmembers = self._checked(self.scores(model, dataset.x_test[nonmember_rows],
-                                               dataset.y_test[nonmember_rows], rng),
-                                   nonmember_rows)
+        scored_members, scored_nonmembers = self.score_rows(model, dataset, member_rows,
+                                                            nonmember_rows, rng)
+        members = self._checked(scored_members, member_rows)
+        nonmembers = self._checked(scored_nonmembers, nonmember_rows)
         half = len(split.members_calibration)
         return MembershipOutcome(
             scores_members=members[half:], scores_nonmembers=nonmembers[half:],
@@ -132,3 +143,77 @@ class MembershipAttack(Attack):
             raise MembershipScoresError(f"{self.owner()}: scores() returned shape {out.shape} "
                                         f"for {len(rows)} rows; expected one score per row")
         return out
+
+
+# -- shadow models ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Shadows:
+    """Shadow models of an audit's population: the training split followed by the test
+    split (``len(x_train) + len(x_test)`` rows, in that order).
+
+    :param models: each shadow, deployed exactly as the audited model is (the defense's
+        layers around the shadow's own weights), so the attacker sees its shadows through
+        the same output processing it sees the target through.
+    :param inside: ``(k, N)`` booleans: row ``j`` of the population was in shadow
+        ``i``'s training set.
+    :param n_test: rows of the test split (the population's last rows).
+    """
+
+    models: tuple[Model, ...]
+    inside: np.ndarray
+    n_test: int
+
+    def population_rows(self, train_rows: np.ndarray, test_rows: np.ndarray) -> np.ndarray:
+        """Indices into the population of rows of the training split and the test split."""
+        n_train = self.inside.shape[1] - self.n_test
+        return np.r_[np.asarray(train_rows, np.int64), n_train + np.asarray(test_rows, np.int64)]
+
+
+def shadow_subsets(n_population: int, k: int, rows: int, seed: int) -> np.ndarray:
+    """Which population rows each of ``k`` shadows trains on: ``(k, N)`` booleans.
+
+    Shadows come in complementary pairs when ``rows`` is half the population (each row is
+    then inside exactly half the shadows, as Carlini et al. train theirs); otherwise each
+    shadow draws ``rows`` rows at random. Depends only on the arguments, never on a
+    cell's generator, so every defense's cell asks for the same training sets and the
+    recipe's cache trains each shadow once per audit.
+    """
+    inside = np.zeros((k, n_population), dtype=bool)
+    for i in range(k):
+        if 2 * rows == n_population and i % 2 == 1:
+            inside[i] = ~inside[i - 1]
+            continue
+        pick = np.random.default_rng([seed, i]).choice(n_population, rows, replace=False)
+        inside[i, pick] = True
+    return inside
+
+
+def train_shadows(model: Model, dataset: Dataset, k: int, rows: int, seed: int,
+                  mapper: Callable[..., Iterable[Any]] = map) -> Shadows:
+    """``k`` shadow models of ``model``'s architecture, each trained by its recipe on
+    ``rows`` rows of the population (0: as many as the training split, the target's own
+    training-set size, at most half the population).
+
+    Trained through :meth:`gauntlet.Recipe.train`, so a shadow is trained once per audit
+    whatever the defense (the cache is keyed by training set, seed and fit) and a
+    training-time defense's recipe trains the shadows its way. The trainings are
+    independent jobs handed to ``mapper`` (the builtin ``map`` here), so an executor with
+    workers can run them side by side. NotApplicable without a recipe.
+    """
+    recipe = model.require_recipe()
+    x = np.concatenate([dataset.x_train, dataset.x_test])
+    y = np.concatenate([dataset.y_train, dataset.y_test])
+    n = len(x)
+    size = min(rows or len(dataset.x_train), n // 2)
+    if size < 2 or k < 1:
+        raise NotApplicable(f"needs at least 2 rows per shadow model; the population has {n}")
+    inside = shadow_subsets(n, k, size, seed)
+
+    def fit(i: int) -> Any:
+        return recipe.train(x[inside[i]], y[inside[i]], seed + i)
+
+    modules = list(mapper(fit, range(k)))
+    return Shadows(tuple(model.with_module(m) for m in modules), inside,
+                   len(dataset.x_test))
