@@ -278,12 +278,30 @@ class MembershipOutcome(Outcome):
 
         y, s = self.labels_and_scores()
         fpr, tpr, _ = roc_curve(y, s)
-        # Thin long curves: the report needs the shape, not every threshold.
-        if len(fpr) > 200:
-            keep = np.unique(np.linspace(0, len(fpr) - 1, 200).round().astype(int))
-            fpr, tpr = fpr[keep], tpr[keep]
-        return {"roc": {"fpr": [round(float(v), 5) for v in fpr],
-                        "tpr": [round(float(v), 5) for v in tpr]}}
+        keep = thin_roc(fpr, ROC_POINTS)
+        return {"roc": {"fpr": [round(float(v), 6) for v in fpr[keep]],
+                        "tpr": [round(float(v), 6) for v in tpr[keep]]}}
+
+
+#: Points of a stored ROC curve (a report draws the same shape from them).
+ROC_POINTS = 200
+
+
+def thin_roc(fpr: np.ndarray, points: int) -> np.ndarray:
+    """Indices of at most about ``points`` points of an ROC curve (``fpr`` ascending),
+    spaced evenly on a log scale of the false-positive rate, so the low-FPR end a
+    log-axis chart and the TPR-at-low-FPR metrics are about keeps every step, while the
+    upper end (where thousands of thresholds draw one line) is thinned. The first and last
+    points are always kept."""
+    n = len(fpr)
+    if n <= points:
+        return np.arange(n)
+    positive = fpr[fpr > 0]
+    low = positive.min() if len(positive) else 1.0
+    targets = np.geomspace(low, 1.0, points - 2)
+    # The last point at or below each target: every step of the curve's low end.
+    picks = np.searchsorted(fpr, targets, side="right") - 1
+    return np.unique(np.r_[0, np.clip(picks, 0, n - 1), n - 1])
 
 
 @dataclasses.dataclass

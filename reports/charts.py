@@ -480,26 +480,35 @@ def roc_charts(result: Mapping[str, Any]) -> list[Chart]:
             continue
         title = f"{label(attack, apoint)}: membership ROC"
         chart_id = f"roc-{_safe_id(label(attack, apoint))}-{len(charts)}"
+        # Log axes (Carlini et al., 2022): the low-FPR end, where an attack that is
+        # confident about a few rows shows, is most of the picture instead of a corner.
+        floor = min([1e-3] + [float(x) for _, fpr, _, _ in curves for x in fpr if x > 0])
         with sheet.axes() as ax:
-            ax.plot([0, 1], [0, 1], linestyle="--", linewidth=1, color="#9aa1a9",
+            ax.plot([floor, 1], [floor, 1], linestyle="--", linewidth=1, color="#9aa1a9",
                     label="chance")
             for i, (d, fpr, tpr, auc) in enumerate(curves):
-                xs, ys = _thin([float(x) for x in fpr], [float(y) for y in tpr])
+                xs, ys = _thin([max(float(x), floor) for x in fpr],
+                               [max(float(y), floor) for y in tpr])
                 name = label(*d) + (f" (AUC {auc:.3f})" if auc is not None else "")
                 ax.plot(xs, ys, linewidth=1.6, color=PALETTE[i % len(PALETTE)],
                         label=_text(name), drawstyle="default")
-            ax.set_xlim(0, 1)
-            ax.set_ylim(0, 1)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlim(floor, 1)
+            ax.set_ylim(floor, 1)
             ax.set_aspect("equal")
-            ax.set_xlabel("false positive rate (non-members flagged)")
-            ax.set_ylabel("true positive rate")
+            ax.set_xlabel("false positive rate (non-members flagged), log scale")
+            ax.set_ylabel("true positive rate, log scale")
             ax.set_title(_text(title), loc="left")
             # Beside the square axes, where the curves never are.
             legend = ax.legend(loc="center left", bbox_to_anchor=(1.03, 0.5))
             svg = _svg(ax.get_figure(), chart_id, functools.partial(_square_beside, legend),
                        *_WIDE_BOTTOM_TOP)
-        charts.append(Chart(chart_id, title, "The closer a curve hugs the diagonal, the less "
-                            "the attacker learns about membership.", svg))
+        charts.append(Chart(chart_id, title, "Both axes are logarithmic, so the left end "
+                            "shows the members an attacker can name while wrongly accusing "
+                            "almost no one. The closer a curve hugs the diagonal, the less the "
+                            "attacker learns; zero rates are drawn at the axes' lower edge.",
+                            svg))
     return charts
 
 
@@ -634,3 +643,110 @@ def l2_charts(result: Mapping[str, Any]) -> list[Chart]:
                             "the budget does not flip: the attack flips a row once the budget "
                             "reaches the distance it needed.", svg))
     return charts
+
+
+ADVANTAGE_METRIC = "membership_advantage"
+
+
+def privacy_utility_charts(result: Mapping[str, Any]) -> list[Chart]:
+    """One chart: each defense point's clean accuracy (x) against the membership
+    advantage (y) each membership attack reaches under it, one marker series per attack.
+
+    A defense worth its cost moves points down (less leaked) without moving them far
+    left (less accurate); its label sits at the strongest attack's point."""
+    index = cell_index(result)
+    clean: dict[Key, float] = {}
+    for (d, dp, _a, _ap), cell in index.items():
+        if cell.get("family") == "baseline" and (v := metric_value(cell, CLEAN_METRIC)) is not None:
+            clean.setdefault((d, dp), v)
+    series: dict[str, list[tuple[Key, float, float]]] = {}
+    for (d, dp, a, ap), cell in index.items():
+        if cell.get("family") != "inference" or cell.get("status") != "ok":
+            continue
+        adv = metric_value(cell, ADVANTAGE_METRIC)
+        if adv is None or (d, dp) not in clean:
+            continue
+        series.setdefault(label(a, ap), []).append(((d, dp), clean[(d, dp)], adv))
+    defenses = {k for points in series.values() for k, _, _ in points}
+    if not series or len(defenses) < 2:
+        return []
+    strongest: dict[Key, tuple[float, float]] = {}
+    for points in series.values():
+        for key, acc, adv in points:
+            if key not in strongest or adv > strongest[key][1]:
+                strongest[key] = (acc, adv)
+    title = "Privacy against utility"
+    chart_id = "privacy-utility"
+    with _figure((5.0, 3.6)) as fig:
+        ax = fig.add_subplot()
+        for i, (name, points) in enumerate(series.items()):
+            ax.plot([p[1] for p in points], [p[2] for p in points], linestyle="none",
+                    marker="os^Dv<>P"[i % 8], markersize=4.5, color=PALETTE[i % len(PALETTE)],
+                    label=_text(name))
+        for key, (acc, adv) in strongest.items():
+            ax.annotate(_text(label(*key)), (acc, adv), xytext=(3, 3),
+                        textcoords="offset points", fontsize=6.5, color="#4a525b")
+        if metric_meta(result, CLEAN_METRIC).percent:
+            _percent_axis(ax, "x")
+        if metric_meta(result, ADVANTAGE_METRIC).percent:
+            _percent_axis(ax)
+        ax.set_xlabel("clean accuracy of the defended model (utility)")
+        ax.set_ylabel("membership advantage (TPR - FPR)")
+        ax.set_title(_text(title), loc="left")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        svg = _svg(fig, chart_id, _legend_room(ax), *_WIDE_BOTTOM_TOP)
+    return [Chart(chart_id, title, "Each marker is one membership attack against one defense "
+                  "point; the defense's name labels its strongest attack. Down is less "
+                  "leaked, left is less accurate.", svg)]
+
+
+def theft_charts(result: Mapping[str, Any]) -> list[Chart]:
+    """Fidelity of the stolen substitute against the queries it cost, one chart per
+    extraction attack, one line per defense: which output defenses slow theft down."""
+    index = cell_index(result)
+    lines: dict[str, dict[Key, list[tuple[float, float]]]] = {}
+    for (d, dp, a, _ap), cell in index.items():
+        if cell.get("family") != "extraction" or cell.get("status") != "ok":
+            continue
+        fidelity = metric_value(cell, "fidelity")
+        queries = metric_value(cell, "queries")
+        if queries is None:
+            budget = (cell.get("attack_params") or {}).get("budget")
+            queries = float(budget) if isinstance(budget, (int, float)) else None
+        if fidelity is None or queries is None:
+            continue
+        lines.setdefault(a, {}).setdefault((d, dp), []).append((queries, fidelity))
+    sheet = _Sheet((5.0, 3.2))
+    charts: list[Chart] = []
+    for attack, by_defense in lines.items():
+        if max(len(points) for points in by_defense.values()) < 2:
+            continue  # one budget: the matrix already shows it
+        chart_id = f"theft-{_safe_id(attack)}-{len(charts)}"
+        title = f"{attack}: fidelity against queries"
+        with sheet.axes() as ax:
+            for i, (d, points) in enumerate(by_defense.items()):
+                points.sort()
+                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                        markersize=3.5, linewidth=1.6, color=PALETTE[i % len(PALETTE)],
+                        label=_text(label(*d)))
+            ax.set_xscale("log")
+            ax.set_ylim(0, 1.02)
+            _percent_axis(ax)
+            ax.set_xlabel("queries sent to the victim (log scale)")
+            ax.set_ylabel("fidelity (label agreement)")
+            ax.set_title(_text(title), loc="left")
+            ax.legend(loc="lower right")
+            svg = _svg(ax.get_figure(), chart_id, _EDGE, *_WIDE_BOTTOM_TOP)
+        charts.append(Chart(chart_id, title, "Share of test rows where the substitute agrees "
+                            "with the victim, for each query budget. A defense that slows "
+                            "theft keeps its line lower for the same budget.", svg))
+    return charts
+
+
+def _legend_room(ax: Any) -> Callable[[float], float]:
+    """A right margin leaving room for ``ax``'s legend outside the axes."""
+    def right(_left: float) -> float:
+        fig = ax.get_figure()
+        legend = ax.get_legend()
+        return legend.get_window_extent(_measurer(fig)).width / fig.dpi + 0.15
+    return right

@@ -25,6 +25,7 @@ from gauntlet.reports.checklist import (
 from gauntlet.reports.classic import Classic, classic
 from gauntlet.reports.gallery import Gallery, galleries
 from gauntlet.reports.intake import IntakeView, intake_view
+from gauntlet.reports.privacy import PrivacyRow, column_titles, privacy_rows, privacy_summary
 from gauntlet.reports.tables import (
     FAMILY_ORDER,
     FAMILY_TITLES,
@@ -191,6 +192,26 @@ class ReportContext:
     naive: list[NaiveTable] = dataclasses.field(default_factory=list)
     # poisoning cells aimed at chosen test rows (subpopulations), worst first
     targeted: list[TargetedRow] = dataclasses.field(default_factory=list)
+    privacy: PrivacyView | None = None  # membership and theft, when either ran
+
+
+@dataclasses.dataclass(frozen=True)
+class PrivacyView:
+    """The privacy section: every membership cell's low-FPR numbers, and its charts."""
+
+    summary: str
+    columns: list[str]
+    rows: list[PrivacyRow]
+    charts: list[ChartGroup]
+
+
+def _privacy(result: Mapping[str, Any]) -> PrivacyView | None:
+    groups = [ChartGroup(key, title, text, charts, wide)
+              for key, title, text, build, wide in _PRIVACY_CHARTS if (charts := build(result))]
+    rows = privacy_rows(result)
+    if not rows and not groups:
+        return None
+    return PrivacyView(privacy_summary(result) or "", column_titles(result), rows, groups)
 
 
 def _text(value: Any) -> str:
@@ -394,9 +415,19 @@ _CHART_GROUPS = (
      "Each point is the model re-trained on a poisoned training set: what the poison "
      "costs on clean data, and what a trigger buys the attacker.",
      charts_mod.poisoning_charts, False),
+)
+
+#: The privacy section's charts, as :data:`_CHART_GROUPS`.
+_PRIVACY_CHARTS = (
     ("charts-roc", "Membership inference ROC",
-     "How well the attacker separates training members from non-members.",
+     "How well the attacker separates training members from non-members, per defense.",
      charts_mod.roc_charts, False),
+    ("charts-privacy-utility", "Privacy against utility",
+     "What each defense point leaves an attacker, against what it costs in accuracy.",
+     charts_mod.privacy_utility_charts, False),
+    ("charts-theft", "Model theft against query budget",
+     "How faithful a stolen copy gets as the attacker spends more queries, per defense.",
+     charts_mod.theft_charts, False),
 )
 
 
@@ -436,6 +467,12 @@ def _provenance(result: Mapping[str, Any]) -> Provenance:
     return Provenance(run, model, data, libraries, timings, config)
 
 
+def _title(result: Mapping[str, Any], model_name: str) -> str:
+    """The config's title when it set one, else "Gauntlet audit: MODEL"."""
+    title = _text(result.get("title"))
+    return title if title and title != "Gauntlet audit" else f"Gauntlet audit: {model_name}"
+
+
 def build_context(result: Mapping[str, Any],
                   sections: Sequence[Mapping[str, str]] = ()) -> ReportContext:
     """Everything the report shows, as plain formatted data.
@@ -457,11 +494,13 @@ def build_context(result: Mapping[str, Any],
              ("Evaluated on", f"{data['n_eval']} test samples" if data.get("n_eval") else "—"),
              ("Seed", _text(prov.get("seed")) or "—"),
              ("Run time", _seconds(prov.get("duration_s")))]
+    if (membership := privacy_summary(result)) is not None:
+        facts.append(("Membership inference", membership))
     legend = [colour(b / 4) for b in range(5)]
     built = [Section(_text(s.get("title")) or "Plugin section", _text(s.get("text")),
                      _text(s.get("place"))) for s in sections]
     return ReportContext(
-        title=f"Gauntlet audit: {model_name}", model_name=model_name, data_name=data_name,
+        title=_title(result, model_name), model_name=model_name, data_name=data_name,
         facts=facts, counts=counts, findings=_findings(result), defenses=_defenses(result),
         groups=_groups(result), chart_groups=_chart_groups(result),
         not_applicable=_problems(result, "not_applicable"), errors=_problems(result, "error"),
@@ -472,5 +511,6 @@ def build_context(result: Mapping[str, Any],
         galleries=galleries(result), classic=classic(result),
         checklist=checklist_views(result), checklist_findings=checklist_findings(result),
         naive=naive_tables(result), targeted=targeted_rows(result),
+        privacy=_privacy(result),
     )
 

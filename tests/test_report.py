@@ -326,8 +326,9 @@ def test_no_external_resources(html: str) -> None:
 
 def test_charts_are_inline_svg(html: str) -> None:
     # 3 robustness curves (fgsm, pgd, noise), 1 poisoning curve (label-flip against its
-    # fraction), 1 ROC, 4 trash-bucket histograms.
-    assert html.count("<svg") == 9
+    # fraction), 1 ROC and 1 privacy-utility chart (its four defenses), 4 trash-bucket
+    # histograms.
+    assert html.count("<svg") == 10
     assert "<?xml" not in html and "DOCTYPE svg" not in html
     assert "robust accuracy vs eps" in html and "membership ROC" in html
     assert len(html.encode()) < 1_500_000
