@@ -180,18 +180,20 @@ class LabelOnly(Defense):
     reads scores or gradients (mia-threshold, mia-loss, square, FGSM, ...) is not
     applicable, with the reason.
     Measured: the demo's CNN keeps 97.8% clean accuracy; mia-threshold and mia-loss are not
-    applicable ("needs scores access; this model exposes labels only"). Its row of the
-    demo took 20 s on 2 cores (most of its attacks do not apply).
+    applicable ("needs scores access; this model exposes labels only"), while a label-only
+    membership attack (``mia-label-only``, where installed) keeps its undefended advantage
+    (0.036 both). Its row of the demo took 20 s on 2 cores (most of its attacks do not
+    apply).
     """
 
     name = "label-only"
     stage = Stage.OUTPUT
     adaptive = False
     evaluation = (
-        "The served model answers labels only: attacks that need scores or gradients are "
-        "not applicable; decision-based evasion (hopskipjump), poisoning and label-only "
-        "probes run. No label-only membership attack is run (Choquette-Choo et al., 2021), "
-        "so its privacy numbers are an upper bound."
+        "The served model answers labels only, exactly the model's: attacks that need "
+        "scores or gradients are not applicable, while decision-based evasion "
+        "(hopskipjump), label-only membership (Choquette-Choo et al., 2021), poisoning and "
+        "label probes run; fewer evasion attacks apply, so robustness is an upper bound."
     )
 
     def apply(self, model: Model, dataset: Dataset, rng: np.random.Generator) -> Model:
@@ -425,6 +427,7 @@ class DPDelta(Fact):
     name = "dp_delta"
     title = "DP δ"
     higher_is_better = False
+    bounds = (0.0, 1.0)
 
 
 @hookimpl

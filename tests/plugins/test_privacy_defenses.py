@@ -283,3 +283,18 @@ def test_dp_sgd_lowers_the_loss_attack_and_reports_epsilon(small):
     assert eps["noise_multiplier=4"] < eps["noise_multiplier=1"]
     assert result.value("dp_delta", "clean", "dp-sgd", "", "noise_multiplier=4") == 1e-5
     assert result.value("dp_epsilon", "clean", "none") is None
+
+
+def test_the_clean_cell_of_a_dp_sgd_row_carries_epsilon(small):
+    model = small_model(small, epochs=2)
+    result = gauntlet.audit(model, small, attacks={"mia-loss": {}},
+                            defenses={"none": {}, "dp-sgd": {"epochs": 2}})
+    clean = next(c for c in result.cells
+                 if (c["defense"], c["attack"]) == ("dp-sgd", "clean"))
+    assert clean["status"] == "ok"
+    assert clean["metrics"]["dp_epsilon"]["value"] == pytest.approx(
+        privacy_budget(1.0, 200, 64, 2, 1e-5))
+    assert clean["metrics"]["dp_delta"]["value"] == 1e-5
+    assert "clean_accuracy" in clean["metrics"]
+    mia = next(c for c in result.cells if (c["defense"], c["attack"]) == ("dp-sgd", "mia-loss"))
+    assert mia["status"] == "ok" and "dp_epsilon" not in mia["metrics"]
