@@ -25,7 +25,14 @@ from gauntlet.reports.checklist import (
 from gauntlet.reports.classic import Classic, classic
 from gauntlet.reports.gallery import Gallery, galleries
 from gauntlet.reports.intake import IntakeView, intake_view
-from gauntlet.reports.privacy import PrivacyRow, column_titles, privacy_rows, privacy_summary
+from gauntlet.reports.privacy import (
+    PrivacyRow,
+    TheftRow,
+    column_titles,
+    privacy_rows,
+    privacy_summary,
+    theft_rows,
+)
 from gauntlet.reports.tables import (
     FAMILY_ORDER,
     FAMILY_TITLES,
@@ -203,15 +210,17 @@ class PrivacyView:
     columns: list[str]
     rows: list[PrivacyRow]
     charts: list[ChartGroup]
+    theft: list[TheftRow]
 
 
 def _privacy(result: Mapping[str, Any]) -> PrivacyView | None:
     groups = [ChartGroup(key, title, text, charts, wide)
               for key, title, text, build, wide in _PRIVACY_CHARTS if (charts := build(result))]
-    rows = privacy_rows(result)
-    if not rows and not groups:
+    rows, theft = privacy_rows(result), theft_rows(result)
+    if not rows and not groups and not theft:
         return None
-    return PrivacyView(privacy_summary(result) or "", column_titles(result), rows, groups)
+    return PrivacyView(privacy_summary(result) or "", column_titles(result), rows, groups,
+                       theft)
 
 
 def _text(value: Any) -> str:

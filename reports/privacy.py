@@ -88,3 +88,32 @@ def privacy_summary(result: Mapping[str, Any]) -> str | None:
             f"undefended model it names {fmt[LOW_FPR]}{of} training members while flagging at "
             f"most 0.1% of non-members ({fmt['tpr_at_1pct_fpr']} at 1%; AUC "
             f"{fmt['membership_auc']}).")
+
+
+@dataclasses.dataclass(frozen=True)
+class TheftRow:
+    defense: str
+    attack: str
+    answers: str  # what the theft trained on: "labels" or "scores" (the plugin's note)
+    queries: str
+    fidelity: str
+    substitute_accuracy: str
+
+
+def theft_rows(result: Mapping[str, Any]) -> list[TheftRow]:
+    """One row per completed extraction cell, in matrix order: which answers the theft
+    read (the plugin's own note), the queries the Model counted, and what they bought."""
+    rows = []
+    for c in result.get("cells", []):
+        if c.get("status") != "ok" or c.get("family") != "extraction":
+            continue
+        notes = (c.get("artifacts") or {}).get("notes") or {}
+        rows.append(TheftRow(
+            defense=label(c["defense"], c.get("defense_point") or ""),
+            attack=label(c["attack"], c.get("attack_point") or ""),
+            answers=str(notes.get("answers") or "—"),
+            queries=format_value(_value(c, "queries"), metric_meta(result, "queries")),
+            fidelity=format_value(_value(c, "fidelity"), metric_meta(result, "fidelity")),
+            substitute_accuracy=format_value(_value(c, "substitute_accuracy"),
+                                             metric_meta(result, "substitute_accuracy"))))
+    return rows
