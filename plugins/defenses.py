@@ -20,7 +20,7 @@ from torch import nn
 from gauntlet import Access, Dataset, Defense, Model, Stage, hookimpl, param
 
 #: Noise draws each gradient of an attack on input-noise averages over (EOT). Measured on
-#: the demo's 450 digits rows (mean of 3 seeds), FGSM's robust accuracy at eps 0.2 is 23.6%
+#: the digits CNN's 450 test rows (mean of 3 seeds), FGSM's robust accuracy at eps 0.2 is 23.6%
 #: with 1 draw, 12.3% with 2, 6.4% with 4 and 5.2% with 8 (undefended: 6.7%); at eps 0.1
 #: 74.2%, 69.1%, 62.0%, 62.7% (undefended 56.9%). Four closes the gap to the undefended
 #: model; more draws cost PGD time (linear in draws) and gain nothing measurable.
@@ -140,7 +140,7 @@ class InputNoiseDefense(Defense):
     (EOT): gradient attacks differentiate the log of the mean probabilities over ``eot``
     fresh noise draws (``model.deploy(eot=...)``), not one draw. With one draw, FGSM's
     single step follows that draw's noise and input-noise looked robust to it (24% robust
-    accuracy at eps 0.2 on the demo, against 7% undefended), while PGD's twenty steps
+    accuracy at eps 0.2 on the digits CNN, against 7% undefended), while PGD's twenty steps
     averaged the noise out and drove it to 1%. With EOT over 4 draws (the default), FGSM at
     eps 0.2 leaves 6% (the undefended model's 7%), PGD still 1%: the disagreement closes
     to the undefended number, so the noise bought no robustness there.

@@ -656,9 +656,12 @@ def privacy_utility_charts(result: Mapping[str, Any]) -> list[Chart]:
     left (less accurate); its label sits at the strongest attack's point."""
     index = cell_index(result)
     clean: dict[Key, float] = {}
+    epsilon: dict[Key, float] = {}  # a differentially private training's budget
     for (d, dp, _a, _ap), cell in index.items():
         if cell.get("family") == "baseline" and (v := metric_value(cell, CLEAN_METRIC)) is not None:
             clean.setdefault((d, dp), v)
+            if (eps := metric_value(cell, "dp_epsilon")) is not None:
+                epsilon[(d, dp)] = eps
     series: dict[str, list[tuple[Key, float, float]]] = {}
     for (d, dp, a, ap), cell in index.items():
         if cell.get("family") != "inference" or cell.get("status") != "ok":
@@ -684,10 +687,15 @@ def privacy_utility_charts(result: Mapping[str, Any]) -> list[Chart]:
                     marker="os^Dv<>P"[i % 8], markersize=4.5, color=PALETTE[i % len(PALETTE)],
                     label=_text(name))
         for key, (acc, adv) in strongest.items():
-            ax.annotate(_text(label(*key)), (acc, adv), xytext=(3, 3),
+            name = label(*key) + (f" (ε {epsilon[key]:.3g})" if key in epsilon else "")
+            ax.annotate(_text(name), (acc, adv), xytext=(3, 3),
                         textcoords="offset points", fontsize=6.5, color="#4a525b")
         if metric_meta(result, CLEAN_METRIC).percent:
-            _percent_axis(ax, "x")
+            # Accuracies of one model's defenses sit within a few points: whole percents
+            # would label several ticks alike.
+            from matplotlib.ticker import PercentFormatter
+
+            ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
         if metric_meta(result, ADVANTAGE_METRIC).percent:
             _percent_axis(ax)
         ax.set_xlabel("clean accuracy of the defended model (utility)")
