@@ -36,7 +36,8 @@ class AdversarialTraining(Defense):
     epochs; the defaults here (5 steps, 10 epochs) re-train the digits CNN in a few
     seconds on 2 CPU cores and lift its PGD-20 robust accuracy at eps 0.1 from 46% to
     81% on the digits test split, with clean accuracy 98.9% against 97.8% (the digits
-    CNN, the demo's model before issue 10; on this small data set the adversarial examples act as augmentation).
+    CNN, the demo's model before issue 10; on this small data set the adversarial
+    examples act as augmentation).
     A poisoning attack's sweep runs at its middle point only under this defense (each
     point is an adversarial re-training, three times a plain one); ``poisoning = "all"``
     runs every point.
