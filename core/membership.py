@@ -153,9 +153,10 @@ class Shadows:
     """Shadow models of an audit's population: the training split followed by the test
     split (``len(x_train) + len(x_test)`` rows, in that order).
 
-    :param models: each shadow, deployed exactly as the audited model is (the defense's
-        layers around the shadow's own weights), so the attacker sees its shadows through
-        the same output processing it sees the target through.
+    :param models: each shadow, deployed as the audited model is (the defense's input and
+        output layers around the shadow's own weights, in the clear: see
+        :meth:`gauntlet.Model.in_the_clear`), so the attacker sees its shadows through the
+        same output processing it sees the target through.
     :param inside: ``(k, N)`` booleans: row ``j`` of the population was in shadow
         ``i``'s training set.
     :param n_test: rows of the test split (the population's last rows).
@@ -215,5 +216,5 @@ def train_shadows(model: Model, dataset: Dataset, k: int, rows: int, seed: int,
         return recipe.train(x[inside[i]], y[inside[i]], seed + i)
 
     modules = list(mapper(fit, range(k)))
-    return Shadows(tuple(model.with_module(m) for m in modules), inside,
+    return Shadows(tuple(model.in_the_clear(m) for m in modules), inside,
                    len(dataset.x_test))

@@ -449,6 +449,15 @@ class Model:
         re-training) starts without them."""
         return self._derived(module, self._layers, recipe, dict(facts or {}))
 
+    def in_the_clear(self, module: torch.nn.Module) -> Model:
+        """The same deployment around another module, without its serving wrappers: how an
+        attacker who knows the defense runs a model of its own (a shadow model) the way
+        the target's answers are processed. Input and output processing stay; encrypted
+        inference is the server's way of computing the same function, not something the
+        attacker's own copy goes through (it would distil and encrypt per shadow)."""
+        layers = tuple(layer for layer in self._layers if layer.serve is None)
+        return self._derived(module, layers, None, {})
+
     def _derived(self, base: Any, layers: tuple[Layer, ...],
                  recipe: Recipe | None = None,
                  facts: dict[str, Any] | None = None) -> Model:

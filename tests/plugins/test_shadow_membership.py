@@ -192,3 +192,35 @@ def test_lira_beats_the_global_threshold_at_low_fpr(overfit):
     # Label-only reads no score, so output noise leaves it above chance.
     label_only = result.value("membership_auc", "mia-label-only", "confidence-noise")
     assert label_only > 0.55
+
+
+def test_shadows_run_in_the_clear_behind_a_serving_wrapper(digits):
+    """A serving wrapper (encrypted inference) is the server's way of computing the model;
+    the attacker's shadows keep the deployment's output processing but not the server."""
+    import torch
+
+    from gauntlet.plugins.defenses import ClippedLogits
+    from gauntlet.serving import Served
+
+    calls = []
+
+    class Doubling(Served, torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            calls.append(len(x))
+            return 2 * self.inner(x)
+
+    data = _small(digits, 120, 80)
+    model, _ = _counted_model(data)
+    served = model.deploy(serve=Doubling).deploy(post=ClippedLogits(0.5),
+                                                 access=Access.SCORES)
+    shadow = train_shadows(served, data, 2, 0, 0).models[0]
+    calls.clear()
+    p = shadow.predict(data.x_test)
+    assert calls == []  # the shadow never went through the server
+    assert p.max() <= 1 / (1 + 9 * np.exp(-1.0)) + 1e-6  # but it is clipped as served
+    served.predict(data.x_test[:5])
+    assert calls  # the target itself is served
