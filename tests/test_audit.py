@@ -159,7 +159,7 @@ def test_demo_audit_through_the_cli(tmp_path):
     assert len(pd.read_csv(out / "results.csv")) > len(data["cells"])
     stored = [c for c in data["cells"] if not c.get("derived")]  # worst-case: not stored
     assert (out / "cells.jsonl").read_text().count("\n") == len(stored) + 1  # + header
-    # the undefended CNN is accurate and FGSM at the largest eps hurts it
+    # the undefended model is accurate and FGSM at the largest eps hurts it
     none = {(c["attack"], c["attack_point"]): c for c in data["cells"] if c["defense"] == "none"}
     clean = none[("clean", "")]["metrics"]["clean_accuracy"]["value"]
     assert clean > 0.9
@@ -183,8 +183,8 @@ def running_platform(threads: int | None = None) -> dict:
 
 def compare_with_recorded(cells: list, threads: int | None = None) -> None:
     """Every metric of tests/data/demo_metrics.json (the demo audit's first four defenses
-    and seven attacks, recorded before the core redesign and again after issue 8 changed
-    the numbers on purpose; its "recorded" field says how) against ``cells``: equal on
+    and eleven attacks, recorded before the core redesign and again after issues 8 and 10
+    changed the numbers on purpose; its "recorded" field says how) against ``cells``: equal on
     the platform it was recorded on, else present and within 0.05. Re-record it only
     with a commit that says which change moved which numbers.
 
