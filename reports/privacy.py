@@ -82,12 +82,14 @@ def privacy_summary(result: Mapping[str, Any]) -> str | None:
                                     _value(c, "tpr_at_1pct_fpr") or 0.0,
                                     _value(c, "membership_auc") or 0.0))
     fmt = {m: format_value(_value(top, m), metric_meta(result, m)) for m in COLUMNS}
+    # Members and non-members are drawn alike, so the TPR's sample size counts both.
     n = ((top.get("metrics") or {}).get(LOW_FPR) or {}).get("n")
     of = f" of {n:,}" if isinstance(n, int) and n > 0 else ""
+    flagging = ("flagging at most 0.1% of non-members" if not isinstance(n, int) or n >= 1000
+                else f"flagging no non-member (0.1% of its {n:,} is less than one)")
     return (f"{label(top['attack'], top.get('attack_point') or '')} is the strongest: on the "
-            f"undefended model it names {fmt[LOW_FPR]}{of} training members while flagging at "
-            f"most 0.1% of non-members ({fmt['tpr_at_1pct_fpr']} at 1%; AUC "
-            f"{fmt['membership_auc']}).")
+            f"undefended model it names {fmt[LOW_FPR]}{of} training members while {flagging} "
+            f"({fmt['tpr_at_1pct_fpr']} at 1% FPR; AUC {fmt['membership_auc']}).")
 
 
 @dataclasses.dataclass(frozen=True)
