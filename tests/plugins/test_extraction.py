@@ -39,7 +39,7 @@ def test_metrics_against_hand_counts():
 
 @pytest.mark.slow
 def test_extraction_family_runs_through_the_matrix(digits, digits_model):
-    registry = make_registry(plugins={"theft": plugin("theft", QueryTheft)})
+    registry = make_registry(plugins={"query_theft": plugin("query_theft", QueryTheft)})
     result = gauntlet.audit(model=digits_model, data=digits,
                             attacks={"query-theft": {"budget": len(digits.x_train)}},
                             defenses=["none", "confidence-noise"], samples=150, registry=registry)
