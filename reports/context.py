@@ -29,8 +29,10 @@ from gauntlet.reports.privacy import (
     PrivacyRow,
     TheftRow,
     column_titles,
+    membership_cells,
     privacy_rows,
     privacy_summary,
+    ranking_metric,
     theft_rows,
 )
 from gauntlet.reports.tables import (
@@ -211,6 +213,7 @@ class PrivacyView:
     rows: list[PrivacyRow]
     charts: list[ChartGroup]
     theft: list[TheftRow]
+    ranked_by: str  # the metric the strongest attacks are picked by
 
 
 def _privacy(result: Mapping[str, Any]) -> PrivacyView | None:
@@ -219,8 +222,9 @@ def _privacy(result: Mapping[str, Any]) -> PrivacyView | None:
     rows, theft = privacy_rows(result), theft_rows(result)
     if not rows and not groups and not theft:
         return None
+    ranked = metric_meta(result, ranking_metric(membership_cells(result))).title
     return PrivacyView(privacy_summary(result) or "", column_titles(result), rows, groups,
-                       theft)
+                       theft, ranked)
 
 
 def _text(value: Any) -> str:

@@ -35,7 +35,7 @@ def _value(cell: Mapping[str, Any] | None, name: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def _membership_cells(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def membership_cells(result: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [c for c in result.get("cells", []) if c.get("status") == "ok"
             and c.get("family") == MEMBERSHIP_FAMILY and _value(c, "membership_auc") is not None]
 
@@ -45,25 +45,46 @@ def _clean(result: Mapping[str, Any]) -> dict[tuple[str, str], float | None]:
             for c in result.get("cells", []) if c.get("attack") == "clean"}
 
 
+def _members(cell: Mapping[str, Any]) -> int:
+    """Members scored (as many non-members were): the TPR metrics' sample size."""
+    n = ((cell.get("metrics") or {}).get(LOW_FPR) or {}).get("n")
+    return n if isinstance(n, int) else 0
+
+
+def ranking_metric(cells: list[Mapping[str, Any]]) -> str:
+    """The lowest false-positive rate these cells can resolve: TPR at 0.1% FPR with at
+    least 1,000 non-members each, at 1% with at least 100, else the AUC. Below that many
+    non-members the rate allows no false positive at all, and one member scored above
+    every non-member (or one non-member above every member) decides the ranking."""
+    fewest = min((_members(c) for c in cells), default=0)
+    return LOW_FPR if fewest >= 1000 else "tpr_at_1pct_fpr" if fewest >= 100 \
+        else "membership_auc"
+
+
+def _strength(cell: Mapping[str, Any], metric: str) -> tuple[float, ...]:
+    """Sort key of an attack's strength: the ranking metric, then the AUC."""
+    return (_value(cell, metric) or 0.0, _value(cell, "membership_auc") or 0.0)
+
+
 def privacy_rows(result: Mapping[str, Any]) -> list[PrivacyRow]:
     """One row per completed membership cell, in matrix order; within a defense row the
-    attack with the highest TPR at 0.1% FPR is marked."""
-    cells = _membership_cells(result)
+    strongest attack (by :func:`ranking_metric`) is marked."""
+    cells = membership_cells(result)
     clean = _clean(result)
-    best: dict[tuple[str, str], float] = {}
+    metric = ranking_metric(cells)
+    best: dict[tuple[str, str], tuple[float, ...]] = {}
     for c in cells:
         key = (c["defense"], c.get("defense_point") or "")
-        best[key] = max(best.get(key, -1.0), _value(c, LOW_FPR) or 0.0)
+        best[key] = max(best.get(key, (-1.0,)), _strength(c, metric))
     acc_meta = metric_meta(result, "clean_accuracy")
     rows = []
     for c in cells:
         key = (c["defense"], c.get("defense_point") or "")
-        low = _value(c, LOW_FPR) or 0.0
         rows.append(PrivacyRow(
             defense=label(*key), attack=label(c["attack"], c.get("attack_point") or ""),
             clean_accuracy=format_value(clean.get(key), acc_meta),
             values=tuple(format_value(_value(c, m), metric_meta(result, m)) for m in COLUMNS),
-            strongest=best[key] > 0 and low == best[key]))
+            strongest=best[key][0] > 0 and _strength(c, metric) == best[key]))
     return rows
 
 
@@ -72,24 +93,32 @@ def column_titles(result: Mapping[str, Any]) -> list[str]:
 
 
 def privacy_summary(result: Mapping[str, Any]) -> str | None:
-    """One sentence: the strongest membership attack on the undefended model by TPR at
-    0.1% FPR (ties: the higher TPR at 1%), or None when none ran there."""
-    cells = [c for c in _membership_cells(result) if c["defense"] == "none"
+    """One sentence: the strongest membership attack on the undefended model at the
+    lowest false-positive rate the sample resolves (:func:`ranking_metric`; 0.1% with
+    1,000 non-members or more), or None when none ran there."""
+    cells = [c for c in membership_cells(result) if c["defense"] == "none"
              and not c.get("defense_point")]
     if not cells:
         return None
-    top = max(cells, key=lambda c: (_value(c, LOW_FPR) or 0.0,
-                                    _value(c, "tpr_at_1pct_fpr") or 0.0,
-                                    _value(c, "membership_auc") or 0.0))
+    metric = ranking_metric(cells)
+    top = max(cells, key=lambda c: _strength(c, metric))
     fmt = {m: format_value(_value(top, m), metric_meta(result, m)) for m in COLUMNS}
-    # Members and non-members are drawn alike, so the TPR's sample size counts both.
-    n = ((top.get("metrics") or {}).get(LOW_FPR) or {}).get("n")
-    of = f" of {n:,}" if isinstance(n, int) and n > 0 else ""
-    flagging = ("flagging at most 0.1% of non-members" if not isinstance(n, int) or n >= 1000
-                else f"flagging no non-member (0.1% of its {n:,} is less than one)")
-    return (f"{label(top['attack'], top.get('attack_point') or '')} is the strongest: on the "
-            f"undefended model it names {fmt[LOW_FPR]}{of} training members while {flagging} "
-            f"({fmt['tpr_at_1pct_fpr']} at 1% FPR; AUC {fmt['membership_auc']}).")
+    name = label(top["attack"], top.get("attack_point") or "")
+    n = _members(top)
+    of = f" of {n:,}" if n else ""
+    if metric == LOW_FPR:
+        return (f"{name} is the strongest: on the undefended model it names {fmt[LOW_FPR]}"
+                f"{of} training members while flagging at most 0.1% of non-members "
+                f"({fmt['tpr_at_1pct_fpr']} at 1% FPR; AUC {fmt['membership_auc']}).")
+    if metric == "tpr_at_1pct_fpr":
+        return (f"{name} is the strongest: on the undefended model it names "
+                f"{fmt['tpr_at_1pct_fpr']}{of} training members while flagging at most 1% "
+                f"of non-members (AUC {fmt['membership_auc']}). With {n:,} non-members "
+                f"0.1% FPR means no false positive at all ({fmt[LOW_FPR]} there), too few "
+                f"to rank attacks by; score 1,000 or more (the attacks' members) for it.")
+    return (f"{name} separates members from non-members best on the undefended model "
+            f"(AUC {fmt['membership_auc']}); with {n:,} non-members scored, low "
+            f"false-positive rates cannot be measured.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -39,14 +39,39 @@ def test_the_table_lists_every_membership_cell(result):
             and c["status"] == "not_applicable"} >= {"mia-threshold", "mia-loss"}
 
 
-def test_the_summary_names_the_strongest_attack_at_low_fpr(result):
-    undefended = {a: (result.value("tpr_at_0_1pct_fpr", a), result.value("tpr_at_1pct_fpr", a),
-                      result.value("membership_auc", a))
-                  for a in ("mia-threshold", "mia-loss", "mia-label-only")}
-    strongest = max(undefended, key=lambda a: undefended[a])
+def test_the_summary_names_the_strongest_attack(result):
+    # 75 members and 75 non-members: no low false-positive rate is resolved, so the AUC
+    # ranks the attacks.
+    auc = {a: result.value("membership_auc", a)
+           for a in ("mia-threshold", "mia-loss", "mia-label-only")}
+    strongest = max(auc, key=auc.get)
     sentence = privacy_summary(result.result)
-    assert sentence.startswith(f"{strongest} is the strongest")
-    assert f"{undefended[strongest][0] * 100:.1f}%" in sentence
+    assert sentence.startswith(f"{strongest} separates members from non-members best")
+    assert "cannot be measured" in sentence
+
+
+def _cell(attack, members, tpr_low, tpr_1, auc):
+    metric = {"tpr_at_0_1pct_fpr": tpr_low, "tpr_at_1pct_fpr": tpr_1, "membership_auc": auc,
+              "membership_advantage": 0.1}
+    return {"defense": "none", "defense_point": "", "attack": attack, "attack_point": "",
+            "family": "inference", "status": "ok",
+            "metrics": {k: {"value": v, "n": members} for k, v in metric.items()}}
+
+
+@pytest.mark.parametrize("members,expected,metric_words", [
+    (100, "lira", "at most 1% of non-members"),  # 0.1% FPR is unresolved: 1% ranks
+    (1000, "mia-loss", "at most 0.1% of non-members"),  # 0.1% resolved: it ranks
+])
+def test_the_strongest_attack_is_ranked_at_the_lowest_resolved_fpr(members, expected,
+                                                                   metric_words):
+    # mia-loss catches one member with no false positive; lira catches many at 1%.
+    cells = [_cell("mia-loss", members, 0.03, 0.09, 0.62),
+             _cell("lira", members, 0.0, 0.16, 0.72)]
+    result = {"cells": cells, "metrics": {}}
+    sentence = privacy_summary(result)
+    assert sentence.startswith(f"{expected} is the strongest") and metric_words in sentence
+    strongest = [r.attack for r in privacy_rows(result) if r.strongest]
+    assert strongest == [expected]
 
 
 def test_theft_rows_say_what_was_trained_on(result):
@@ -66,7 +91,7 @@ def test_the_section_renders_with_log_axes_and_a_theft_chart(result, tmp_path):
     assert 'id="charts-theft"' in section and "knockoff: fidelity against queries" in section
     assert 'id="charts-privacy-utility"' in section
     # The summary's sentence is also one of the report's facts.
-    assert re.search(r"<dt>Membership inference</dt><dd>[^<]+ is the strongest", html)
+    assert re.search(r"<dt>Membership inference</dt><dd>[^<]+ separates members", html)
 
 
 def test_the_stored_roc_keeps_its_low_fpr_end():
