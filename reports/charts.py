@@ -79,6 +79,13 @@ class Chart:
     svg: Markup
 
 
+def _line_style(i: int) -> dict[str, Any]:
+    """Colour and dash of the ``i``-th line: the palette's eight colours, then again
+    dashed, then dotted, so a chart of twelve defenses has no two lines alike."""
+    return {"color": PALETTE[i % len(PALETTE)],
+            "linestyle": ("-", "--", ":")[(i // len(PALETTE)) % 3]}
+
+
 def _safe_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "chart"
 
@@ -490,8 +497,8 @@ def roc_charts(result: Mapping[str, Any]) -> list[Chart]:
                 xs, ys = _thin([max(float(x), floor) for x in fpr],
                                [max(float(y), floor) for y in tpr])
                 name = label(*d) + (f" (AUC {auc:.3f})" if auc is not None else "")
-                ax.plot(xs, ys, linewidth=1.6, color=PALETTE[i % len(PALETTE)],
-                        label=_text(name), drawstyle="default")
+                ax.plot(xs, ys, linewidth=1.6, label=_text(name), drawstyle="default",
+                        **_line_style(i))
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlim(floor, 1)
@@ -712,8 +719,8 @@ def theft_charts(result: Mapping[str, Any]) -> list[Chart]:
     """Fidelity of the stolen substitute against the queries it cost, one chart per
     extraction attack, one line per defense: which output defenses slow theft down."""
     index = cell_index(result)
-    lines: dict[str, dict[Key, list[tuple[float, float]]]] = {}
-    for (d, dp, a, _ap), cell in index.items():
+    lines: dict[str, dict[tuple[Key, str], list[tuple[float, float]]]] = {}
+    for (d, dp, a, ap), cell in index.items():
         if cell.get("family") != "extraction" or cell.get("status") != "ok":
             continue
         fidelity = metric_value(cell, "fidelity")
@@ -723,7 +730,9 @@ def theft_charts(result: Mapping[str, Any]) -> list[Chart]:
             queries = float(budget) if isinstance(budget, (int, float)) else None
         if fidelity is None or queries is None:
             continue
-        lines.setdefault(a, {}).setdefault((d, dp), []).append((queries, fidelity))
+        # Other swept parameters (answers, sampling) split the lines, as eps does not.
+        other = ", ".join(p for p in ap.split(", ") if p and not p.startswith("budget="))
+        lines.setdefault(a, {}).setdefault(((d, dp), other), []).append((queries, fidelity))
     sheet = _Sheet((5.0, 3.2))
     charts: list[Chart] = []
     for attack, by_defense in lines.items():
@@ -732,19 +741,29 @@ def theft_charts(result: Mapping[str, Any]) -> list[Chart]:
         chart_id = f"theft-{_safe_id(attack)}-{len(charts)}"
         title = f"{attack}: fidelity against queries"
         with sheet.axes() as ax:
-            for i, (d, points) in enumerate(by_defense.items()):
+            budgets: set[float] = set()
+            for i, ((d, other), points) in enumerate(by_defense.items()):
                 points.sort()
+                budgets.update(p[0] for p in points)
+                name = label(*d) + (f" [{other}]" if other else "")
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
-                        markersize=3.5, linewidth=1.6, color=PALETTE[i % len(PALETTE)],
-                        label=_text(label(*d)))
+                        markersize=3.5, linewidth=1.6, label=_text(name), **_line_style(i))
             ax.set_xscale("log")
-            ax.set_ylim(0, 1.02)
+            # The budgets themselves as ticks, in plain numbers (not 6x10^1).
+            from matplotlib.ticker import FixedLocator, NullLocator
+
+            ax.xaxis.set_major_locator(FixedLocator(sorted(budgets)))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticklabels([f"{b:,.0f}" for b in sorted(budgets)])
+            low = min(p[1] for points in by_defense.values() for p in points)
+            ax.set_ylim(max(0.0, low - 0.05), 1.01)
             _percent_axis(ax)
             ax.set_xlabel("queries sent to the victim (log scale)")
             ax.set_ylabel("fidelity (label agreement)")
             ax.set_title(_text(title), loc="left")
-            ax.legend(loc="lower right")
-            svg = _svg(ax.get_figure(), chart_id, _EDGE, *_WIDE_BOTTOM_TOP)
+            # Beside the axes: inside, the legend of a dozen defenses hid the lines.
+            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+            svg = _svg(ax.get_figure(), chart_id, _legend_room(ax), *_WIDE_BOTTOM_TOP)
         charts.append(Chart(chart_id, title, "Share of test rows where the substitute agrees "
                             "with the victim, for each query budget. A defense that slows "
                             "theft keeps its line lower for the same budget.", svg))
