@@ -33,3 +33,12 @@ def test_the_backdoor_example_runs_the_study_s_three_curves() -> None:
     for kind in ("wrong-label", "mixture"):
         assert sorted(p["fraction"] for p in points if p["kind"] == kind) == \
             [0.1, 0.2, 0.4, 0.6, 0.8]
+
+
+def test_the_demo_example_is_the_embedded_demo() -> None:
+    from gauntlet.config import demo
+
+    cfg, built_in = load(Path(__file__).parent.parent / "examples" / "demo.toml"), demo()
+    for field in ("model", "model_options", "data", "data_options", "attacks", "defenses",
+                  "seed", "samples", "title"):
+        assert getattr(cfg, field) == getattr(built_in, field), field
