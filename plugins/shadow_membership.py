@@ -199,7 +199,11 @@ class LabelOnlyMembership(MembershipAttack):
     row; random directions estimate the same quantity more coarsely with a fixed query
     count per row: ``1 + directions * (steps + 1)``. Output defenses that perturb or mask
     scores but keep the predicted class (confidence clipping and noise, rounding, top-k)
-    leave it untouched; it runs even where only labels are served.
+    leave it untouched; it runs even where only labels are served. On the demo
+    (AUC 0.597, advantage 0.17) 64% of members and 48% of non-members keep their class
+    within the default radius in every direction: they tie at the top score, so its TPR
+    at 1% FPR is 0 by construction (a tie cannot be split by a threshold). A larger
+    radius breaks the tie (8: the ties go) without separating better (AUC 0.54).
     """
 
     name = "mia-label-only"
