@@ -10,6 +10,7 @@ was tuned on.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from gauntlet.attack import Attack, Family
 from gauntlet.contract import returned_array
-from gauntlet.errors import GauntletError, NotApplicable
+from gauntlet.errors import ConfigError, GauntletError, NotApplicable
 from gauntlet.model import Access
 from gauntlet.outcome import MembershipOutcome
 from gauntlet.params import param
@@ -25,6 +26,8 @@ from gauntlet.params import param
 if TYPE_CHECKING:
     from gauntlet.dataset import Dataset
     from gauntlet.model import Model
+
+log = logging.getLogger(__name__)
 
 
 class MembershipScoresError(GauntletError):
@@ -108,6 +111,18 @@ class MembershipAttack(Attack):
         :param rng: the cell's generator; draw all randomness from it.
         """
         raise NotImplementedError
+
+    def check_data(self, dataset: Dataset) -> None:
+        """``members`` must be 0 (all) or at least 2, and is held to what the data has."""
+        if self.members == 1:
+            raise ConfigError(f"{self.owner()}: members = 1 cannot be halved into a "
+                              "calibration and an evaluation member; use 0 (as many as "
+                              "the data allows) or at least 2")
+        available = min(len(dataset.x_train), len(dataset.x_test))
+        if self.members > available:
+            log.warning("%s: members = %d, but the data has %d training and %d test rows; "
+                        "%d members and as many non-members are drawn", self.owner(),
+                        self.members, len(dataset.x_train), len(dataset.x_test), available)
 
     def score_rows(self, model: Model, dataset: Dataset, member_rows: np.ndarray,
                    nonmember_rows: np.ndarray, rng: np.random.Generator

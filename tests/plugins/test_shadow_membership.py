@@ -224,3 +224,16 @@ def test_shadows_run_in_the_clear_behind_a_serving_wrapper(digits):
     assert p.max() <= 1 / (1 + 9 * np.exp(-1.0)) + 1e-6  # but it is clipped as served
     served.predict(data.x_test[:5])
     assert calls  # the target itself is served
+
+
+def test_members_is_checked_against_the_data(digits, caplog):
+    from gauntlet import ConfigError
+    from gauntlet.plugins.membership import LossMembership
+
+    data = _small(digits, 60, 40)
+    with pytest.raises(ConfigError, match="members = 1"):
+        LossMembership(members=1).check_data(data)
+    with caplog.at_level("WARNING", logger="gauntlet.membership"):
+        LossMembership(members=500).check_data(data)
+    assert "40 members and as many non-members" in caplog.text
+    LossMembership(members=0).check_data(data)  # all the data allows: no complaint
