@@ -260,6 +260,14 @@ class Registry:
                           distribution, version)
         self.plugins.append(info)
         plugin = _hashable(plugin)
+        taken = self.pm.get_plugin(name)
+        if taken is not None:
+            # pluggy's own message prints a dict of every registered module.
+            owner = next((p for p in self.plugins if p.name == name and p is not info), None)
+            where = f" ({owner.label()})" if owner is not None else ""
+            info.error = (f"could not register: another plugin is already registered as "
+                          f"{name!r}{where}; give this one another name")
+            return info
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:  # noqa: BLE001 - isolate any plugin failure

@@ -344,3 +344,15 @@ def test_details_of_a_name_two_kinds_share_asks_which():
         reg.details("test-probe")
     assert reg.details("test-probe", "plugin")["hooks"] == ["register_attacks"]
     assert reg.details("test-probe", "attack")["needs"] == "scores"
+
+
+def test_a_plugin_named_like_another_is_broken_with_a_one_line_reason():
+    from conftest import plugin
+
+    registry = make_registry(plugins={"theft": plugin("theft")})  # a built-in's name
+    broken = [p for p in registry.broken if p.name == "theft"]
+    assert len(broken) == 1
+    error = broken[0].error
+    assert "already registered as 'theft'" in error and "ml-gauntlet" in error
+    assert "\n" not in error and "<module" not in error  # not pluggy's dict of modules
+    assert "jacobian-substitute" in registry.entries["attack"]  # the built-in still works
