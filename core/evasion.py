@@ -20,7 +20,7 @@ import numpy as np
 from gauntlet.attack import Attack, Family
 from gauntlet.contract import check_in_range, returned_array
 from gauntlet.errors import GauntletError
-from gauntlet.model import measure
+from gauntlet.model import Access, measure
 from gauntlet.outcome import EvasionOutcome
 from gauntlet.params import param
 
@@ -133,7 +133,7 @@ class EvasionAttack(Attack):
             queries=spent, proba_naive=proba_naive,
             rejected=np.concatenate(rejected) if rejected else None,
             rejected_clean=model.rejects(x_all) if model.detects else None,
-            examples=examples)
+            examples=examples, labels_only=model.access < Access.SCORES)
 
     def adversarial(self, model: Model, x_all: np.ndarray, y_all: np.ndarray,
                     rng: np.random.Generator) -> np.ndarray:

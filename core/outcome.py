@@ -39,10 +39,13 @@ class Predictions(Outcome):
 
     :param y_true: true labels, shape ``(N,)``.
     :param proba: probabilities on the evaluated inputs, shape ``(N, C)``.
+    :param labels_only: the deployment serves labels only, so ``proba`` holds one-hot
+        rows the core made of them: scores no one saw (keyword only).
     """
 
     y_true: np.ndarray
     proba: np.ndarray
+    labels_only: bool = dataclasses.field(default=False, kw_only=True)
 
     @property
     def n(self) -> int:

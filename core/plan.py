@@ -61,7 +61,8 @@ class Clean(Attack):
         checks = live_checks(model, dataset.x_test, dataset.y_test)
         facts = model.deployment_facts(dataset.x_test, proba)
         return CleanOutcome(y_true=dataset.y_test, proba=proba, facts=facts, checks=checks,
-                            rejected=model.rejects(dataset.x_test))
+                            rejected=model.rejects(dataset.x_test),
+                            labels_only=model.access < Access.SCORES)
 
 
 def live_checks(model: Model, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:

@@ -280,6 +280,10 @@ class Confidence(Metric):
     bounds = (0.0, 1.0)
     format = "percent"
 
+    def applies(self, outcome: Outcome) -> bool:
+        # A labels-only deployment serves no confidence: its one-hot rows would read 100%.
+        return super().applies(outcome) and not getattr(outcome, "labels_only", False)
+
     def compute(self, outcome: Predictions) -> MetricValue:  # type: ignore[override]
         return _mean_with_interval(outcome.proba.max(axis=1).astype(np.float64), (0.0, 1.0))
 

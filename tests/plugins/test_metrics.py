@@ -458,3 +458,21 @@ def test_macro_scores_equal_sklearn(seed: int) -> None:
     pred = np.where(rng.random(n) < 0.6, y, rng.choice(classes, size=n))
     expected = precision_recall_fscore_support(y, pred, average="macro", zero_division=0)[:3]
     assert m.macro_scores(y, pred) == pytest.approx(expected, abs=1e-12)
+
+
+def test_confidence_does_not_apply_where_only_labels_are_served(digits, digits_model):
+    """A labels-only deployment's one-hot rows would read as 100% confidence."""
+    import dataclasses
+
+    import gauntlet
+
+    data = dataclasses.replace(digits, x_test=digits.x_test[:60], y_test=digits.y_test[:60])
+    result = gauntlet.audit(model=digits_model, data=data,
+                            attacks={"noise": {"eps": 0.1}}, defenses=["none", "label-only"])
+    assert result.value("confidence", "clean", "none") < 1.0
+    assert result.value("confidence", "noise", "none", "") is not None
+    assert result.value("confidence", "clean", "label-only") is None
+    assert result.value("confidence", "noise", "label-only", "") is None
+    # the other prediction metrics still apply to the labels it serves
+    assert result.value("clean_accuracy", "clean", "label-only") == \
+        result.value("clean_accuracy", "clean", "none")
