@@ -39,6 +39,7 @@ from gauntlet import (
     param,
     train_classifier,
 )
+from gauntlet.model import softmax
 
 if TYPE_CHECKING:
     import torch
@@ -194,19 +195,12 @@ def jacobian_theft(model: Model, pool: np.ndarray, budget: int, rng: np.random.G
                                           "rows_queried": int(model.queries - spent_before)})
 
 
-def _softmax_np(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _substitute_proba(substitute: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     import torch
 
     substitute.eval()
     with torch.no_grad():
-        return _softmax_np(substitute(torch.from_numpy(np.ascontiguousarray(x)))
-                           .double().numpy())
+        return softmax(substitute(torch.from_numpy(np.ascontiguousarray(x))).numpy())
 
 
 # -- the attacks ----------------------------------------------------------------------------
