@@ -129,6 +129,7 @@ def evaluate_poisoning(model: Model, dataset: Dataset, poisoned: PoisonedSet,
         poison_linf=linf,
         poison_l2=l2,
         notes=dict(poisoned.notes),
+        labels_only=poisoned_model.access < Access.SCORES,
     )
 
 

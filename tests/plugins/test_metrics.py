@@ -476,3 +476,14 @@ def test_confidence_does_not_apply_where_only_labels_are_served(digits, digits_m
     # the other prediction metrics still apply to the labels it serves
     assert result.value("clean_accuracy", "clean", "label-only") == \
         result.value("clean_accuracy", "clean", "none")
+
+
+def test_confidence_does_not_apply_to_a_poisoned_labels_only_deployment():
+    import gauntlet
+
+    result = gauntlet.audit(model="builtin:mlp", data="sklearn:iris",
+                            attacks={"label-flip": {"fraction": 0.1}},
+                            defenses=["none", "label-only"])
+    assert result.value("confidence", "label-flip", "none") is not None
+    assert result.value("confidence", "label-flip", "label-only") is None
+    assert result.value("poisoned_accuracy", "label-flip", "label-only") is not None
