@@ -66,13 +66,17 @@ class Recipe:
               fit: Callable[[torch.nn.Module, np.ndarray, np.ndarray, int], None] | None
               = None) -> torch.nn.Module:
         """A module built by ``build`` and trained on ``(x, y)`` by ``fit`` (this recipe's
-        own when None), cached. Another ``fit`` is part of the cache key through its
+        own when None), cached in memory and in the audit's content cache
+        (:func:`gauntlet.cache.train_cached`). Another ``fit`` is part of the cache key through its
         ``repr``, which must name it and every setting (a frozen dataclass's does, e.g.
         :class:`gauntlet.training.AdversarialFit`)."""
-        key = _fingerprint(x, y, seed) + (self._fit_key if fit is None else f"|{fit!r}")
+        from gauntlet.cache import train_cached
+
+        fit_key = self._fit_key if fit is None else f"|{fit!r}"
+        key = _fingerprint(x, y, seed) + fit_key
         if key not in self._cache:
-            module = self.build()
-            (fit or self.fit)(module, x, y, seed)
+            module = train_cached(self.build, fit or self.fit, self.description,
+                                  self.options, fit_key, x, y, seed)
             module.eval()
             self._cache[key] = module
         return self._cache[key]
