@@ -16,16 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from gauntlet import config as config_mod
+from gauntlet import device as device_mod
+from gauntlet.cache import Cache, base_identity, cell_key, default_dir, digest, using
 from gauntlet.checklist import as_json, checklist
 from gauntlet.dataset import Dataset
 from gauntlet.errors import ConfigError
-from gauntlet.executor import Executor, SerialExecutor
+from gauntlet.executor import Executor, SerialExecutor, make_executor
 from gauntlet.loading import load_inputs
 from gauntlet.model import Model
-from gauntlet.plan import Selection, plan
+from gauntlet.plan import Cell, Selection, plan
 from gauntlet.provenance import fingerprint, skeleton
 from gauntlet.registry import Registry, budget, make_registry
-from gauntlet.results import AuditResult, CellResult
+from gauntlet.results import AuditResult, CellResult, display_path
 from gauntlet.rows import WORST_CASE, worst_case_cells
 from gauntlet.run import Runner
 from gauntlet.store import Store
@@ -52,7 +54,9 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
           config: str | Path | config_mod.AuditConfig | None = None,
           registry: Registry | None = None, progress: bool = False, resume: bool = False,
           on_cell: Callable[[CellResult], None] | None = None,
-          executor: Executor | None = None) -> AuditResult:
+          executor: Executor | str | None = None, workers: int | None = None,
+          cache: bool | str | Path | None = None, device: str | None = None
+          ) -> AuditResult:
     """Run an audit and return its result (the report is written only if ``out`` is set).
 
     :param model: a spec (``builtin:cnn``, a model file), a :class:`Model`, or an
@@ -65,10 +69,15 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     :param registry: the plugins to use (default: every installed plugin).
     :param timeout: seconds one cell may run before it becomes an error cell (0: none).
     :param out: if given, write report.html, results.json and results.csv there.
-    :param resume: reuse the finished cells in ``out/cells.jsonl`` of an interrupted
-        audit with the same config, model, data and plugin versions.
+    :param resume: kept for compatibility: finished cells are always reused from the
+        content cache (``cache``), which is how an interrupted audit resumes now.
     :param on_cell: called with each cell's record as it finishes.
-    :param executor: runs the cells (default: :class:`gauntlet.executor.SerialExecutor`).
+    :param executor: ``serial``, ``process`` or ``ray`` (:mod:`gauntlet.executor`), or an
+        Executor; default the config's (serial).
+    :param workers: workers of a process or Ray executor (0: one per core).
+    :param cache: the content cache (:mod:`gauntlet.cache`): True (the user cache
+        folder), False (none) or a folder; default the config's (True).
+    :param device: ``auto``, ``cpu`` or ``cuda`` (:mod:`gauntlet.device`).
     """
     model = _check_arguments(model, data, config)
     cfg = config if isinstance(config, config_mod.AuditConfig) else (
@@ -76,7 +85,9 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     cfg = config_mod.override(
         cfg, model=model if isinstance(model, str) else None,
         data=data if isinstance(data, str) else None, seed=seed, samples=samples,
-        timeout=timeout, out=str(out) if out is not None else None)
+        timeout=timeout, out=str(out) if out is not None else None,
+        executor=executor if isinstance(executor, str) else None, workers=workers,
+        cache=str(cache) if isinstance(cache, Path) else cache, device=device)
     if attacks is not None:
         cfg.attacks = _as_selections(attacks)
     if defenses is not None:
@@ -95,6 +106,25 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
         defense_sel = [Selection("none")]
     cells = plan(registry, defense_sel, attack_sel)  # validates names and parameters
 
+    store_cache = None if cfg.cache is False else \
+        Cache(default_dir() if cfg.cache is True else cfg.cache)
+    if resume and store_cache is None:
+        raise ConfigError("resume reuses finished cells from the content cache, which "
+                          "this audit turns off (--no-cache)")
+    chosen_device = device_mod.select(cfg.device)
+    run_on = executor if executor is not None and not isinstance(executor, str) else \
+        make_executor(cfg.executor, workers=cfg.workers, progress=progress,
+                      memory_mb=cfg.worker_memory, address=cfg.ray_address,
+                      gpus=1.0 if chosen_device == "cuda" else 0.0)
+    with using(store_cache):
+        return _run(cfg, registry, cells, model, data, out, config, on_cell, run_on,
+                    store_cache, chosen_device)
+
+
+def _run(cfg: config_mod.AuditConfig, registry: Registry, cells: list[Cell], model: Any,
+         data: Any, out: Any, config: Any, on_cell: Callable[[CellResult], None] | None,
+         executor: Executor, store_cache: Cache | None, chosen_device: str) -> AuditResult:
+    """Load the inputs, run the cells the cache does not hold, write the results."""
     passed_model = model is not None and not isinstance(model, str)
     inputs = load_inputs(registry, cfg, model=model if passed_model else None,
                          data=data if isinstance(data, Dataset) else None)
@@ -107,21 +137,40 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
                       passed_model=passed_model, passed_data=isinstance(data, Dataset))
     store = None
     if out is not None or config is not None:
-        store = Store(Path(cfg.out), fingerprint(result), resume=resume)
+        store = Store(Path(cfg.out), fingerprint(result))
     runner = Runner(inputs.model, inputs.evaluated, registry.metrics.values(), cfg.seed,
                     cfg.timeout)
     started = time.perf_counter()
+    keys: dict[str, str] = {}
+    done: dict[str, dict[str, Any]] = {}
+    if store_cache is not None:
+        base = digest(base_identity(result, registry, inputs.evaluated, chosen_device))
+        keys = {cell.id: cell_key(base, cell, registry) for cell in cells}
+        for cell in cells:
+            hit = store_cache.get_cell(keys[cell.id])
+            if hit is not None and hit.get("id") == cell.id:
+                # A point's label names the parameters its sweep varies: this audit's.
+                done[cell.id] = {**hit, "defense_point": cell.defense_point,
+                                 "attack_point": cell.attack_point}
 
     def record(cell: CellResult) -> None:
+        entry = cell.to_dict()
+        if store_cache is not None:  # first: a kill between the two loses no cell
+            store_cache.put_cell(keys[cell.id], entry)
         if store is not None:
-            store.append(cell)
+            store.append(entry)
         if on_cell is not None:
             on_cell(cell)
 
-    log.info("running %d cells on %d test rows", len(cells), len(inputs.evaluated.x_test))
-    executor = executor or SerialExecutor(progress=progress)
-    cell_results = executor.run(runner, cells, on_result=record,
-                                done=store.done if store is not None else {})
+    log.info("running %d cells on %d test rows%s", len(cells) - len(done),
+             len(inputs.evaluated.x_test),
+             f" ({len(done)} more from the cache at {store_cache.root})"
+             if done and store_cache is not None else "")
+    cell_results = executor.run(runner, cells, on_result=record, done=done)
+    if store is not None:
+        for cell in cell_results:  # the log of this run holds every cell, reused or not
+            if cell.id in done:
+                store.append(done[cell.id])
     for name, entry in result["attacks"].items():
         if name in registry.attacks:  # how each evasion attack's budget is measured
             entry.update(budget(registry.attacks[name]))
@@ -133,6 +182,12 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     result["cells"] = [c.to_dict(rows=False) for c in cell_results] + derived
     result["checklist"] = as_json(checklist(result, records))
     result["provenance"]["duration_s"] = round(time.perf_counter() - started, 2)
+    result["provenance"]["run"] = {
+        "executor": getattr(executor, "kind", "serial") if not isinstance(
+            executor, SerialExecutor) else "serial",
+        "workers": getattr(executor, "workers", 1), "device": chosen_device,
+        "cache": display_path(str(store_cache.root)) if store_cache is not None else None,
+        "cells_reused": len(done), "cells_run": len(cells) - len(done)}
     audit_result = AuditResult(result, registry, rows={c.id: c.rows for c in cell_results})
     if store is not None:
         audit_result.write_report(store.folder / "report.html")

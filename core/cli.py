@@ -57,7 +57,20 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--timeout", type=float,
                    help="seconds a cell may run before it is recorded as an error (0 = none)")
     a.add_argument("--resume", action="store_true",
-                   help="reuse finished cells of an interrupted audit of the same config")
+                   help="(the default now) finished cells come from the content cache")
+    a.add_argument("--executor", choices=("serial", "process", "ray"),
+                   help="where cells run: here one after another (default), a pool of "
+                   "worker processes, or Ray")
+    a.add_argument("--workers", type=int, help="process or Ray workers (0 = one per core)")
+    a.add_argument("--ray-address", help="a Ray cluster to run on (default: a local one)")
+    a.add_argument("--worker-memory", type=int, metavar="MIB",
+                   help="memory each process worker may allocate (0 = no limit)")
+    a.add_argument("--cache", metavar="DIR",
+                   help="content cache folder (default: the user cache, ~/.cache/gauntlet)")
+    a.add_argument("--no-cache", action="store_true",
+                   help="neither reuse nor store finished cells and trained models")
+    a.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                   help="where the model computes (default auto: CUDA when present)")
     a.add_argument("--no-progress", action="store_true", help="no progress bar")
     a.add_argument("--fail-on-error", action="store_true",
                    help="exit 1 (after writing the report) if a cell or a metric failed or "
@@ -100,7 +113,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
         cfg = config_mod.AuditConfig()
     cfg = config_mod.override(cfg, model=args.model, data=args.data, attacks=args.attacks,
                               defenses=args.defenses, out=args.out, seed=args.seed,
-                              samples=args.samples, timeout=args.timeout)
+                              samples=args.samples, timeout=args.timeout,
+                              executor=args.executor, workers=args.workers,
+                              ray_address=args.ray_address,
+                              worker_memory=args.worker_memory,
+                              cache=False if args.no_cache else args.cache,
+                              device=args.device)
+    if args.no_cache and args.cache:
+        raise ConfigError("--cache and --no-cache contradict each other")
     if args.arch:
         cfg.model_options["arch"] = args.arch
     progress = not args.no_progress
@@ -295,8 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gauntlet: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        kept = ("; finished cells are in cells.jsonl (run again with --resume to reuse them)"
-                if args.command == "audit" else "")
+        kept = ("; finished cells are in cells.jsonl and the content cache (run the same "
+                "audit again and they are reused)" if args.command == "audit" else "")
         print(f"gauntlet: interrupted{kept}", file=sys.stderr)
         return 130
     except BrokenPipeError:

@@ -7,6 +7,10 @@ An audit file looks like::
     out = "gauntlet-report"
     samples = 0              # test rows evaluated per cell (0 = all)
     timeout = 0              # seconds a cell may run before it is an error (0 = no limit)
+    executor = "serial"      # or "process" (a pool of worker processes) or "ray"
+    workers = 0              # process/ray workers (0 = one per core)
+    cache = true             # the content cache (true: the user cache folder; or a folder)
+    device = "auto"          # "cpu", "cuda", or "auto" (CUDA when torch sees it)
 
     [model]
     spec = "builtin:cnn"     # or a file: cnn.pt (+ arch = "pkg.mod:factory"), net.pt2 ...
@@ -55,7 +59,14 @@ DEFAULT_MODEL = "builtin:cnn"
 DEFAULT_DATA = "sklearn:digits"
 DEFAULT_OUT = "gauntlet-report"
 _TOP_KEYS = ("title", "seed", "out", "samples", "timeout", "model", "data", "attacks",
-             "defenses")
+             "defenses", "executor", "workers", "ray_address", "worker_memory", "cache",
+             "device")
+#: Where cells may run (:mod:`gauntlet.executor`).
+EXECUTORS = ("serial", "process", "ray")
+DEVICES = ("auto", "cpu", "cuda")
+#: Config keys that say how and where an audit runs, never what it finds: left out of
+#: what identifies an audit.
+RUN_KEYS = ("executor", "workers", "ray_address", "worker_memory", "cache")
 _FILE_SCHEMES = ("idx", "npz", "csv")
 # Seeds feed numpy's SeedSequence (which refuses negatives) and torch.manual_seed; TOML
 # integers stop at 2**63 - 1, so the CLI and the Python API stop there too.
@@ -95,6 +106,20 @@ class AuditConfig:
     out: str = DEFAULT_OUT
     title: str = "Gauntlet audit"
     source: str | None = None  # the config file, when there was one
+    #: Where cells run: ``serial`` (here, one after another), ``process`` (a pool of
+    #: worker processes: crash isolation, a timeout that stops native code) or ``ray``.
+    executor: str = "serial"
+    #: Workers of the process pool or Ray (0: one per core).
+    workers: int = 0
+    #: A Ray cluster's address ("": start a local one).
+    ray_address: str = ""
+    #: MiB of memory each process worker may allocate beyond what it starts with (0: no
+    #: limit but the machine's).
+    worker_memory: int = 0
+    #: The content cache: True (the user cache folder), False (none) or a folder.
+    cache: bool | str = True
+    #: Where the model computes: ``auto`` (CUDA when torch sees it), ``cpu`` or ``cuda``.
+    device: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         def sel(items: list[Selection] | None) -> Any:
@@ -115,7 +140,9 @@ class AuditConfig:
                 "model": {"spec": self.model, **self.model_options},
                 "data": {"spec": self.data, **self.data_options},
                 "attacks": sel(self.attacks), "defenses": sel(self.defenses),
-                "source": self.source}
+                "source": self.source, "executor": self.executor, "workers": self.workers,
+                "ray_address": self.ray_address, "worker_memory": self.worker_memory,
+                "cache": self.cache, "device": self.device}
 
 
 def _expect(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
@@ -208,6 +235,9 @@ def from_mapping(raw: Mapping[str, Any], base: Path | None = None,
         seed=raw.get("seed", 0), samples=raw.get("samples", 0),
         timeout=raw.get("timeout", 0), out=raw.get("out", DEFAULT_OUT),
         title=raw.get("title", "Gauntlet audit"), source=source,
+        executor=raw.get("executor", "serial"), workers=raw.get("workers", 0),
+        ray_address=raw.get("ray_address", ""), worker_memory=raw.get("worker_memory", 0),
+        cache=raw.get("cache", True), device=raw.get("device", "auto"),
     )
     return check(cfg)
 
@@ -228,7 +258,18 @@ def check(cfg: AuditConfig) -> AuditConfig:
         raise ConfigError(f"timeout must be a number of seconds >= 0 (0 = no limit), "
                           f"got {timeout!r}")
     cfg.timeout = float(timeout)
-    for key in ("model", "data", "out", "title"):
+    for key in ("workers", "worker_memory"):
+        value = getattr(cfg, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{key} must be an integer >= 0, got {value!r}")
+    if cfg.executor not in EXECUTORS:
+        raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, "
+                          f"got {cfg.executor!r}")
+    if cfg.device not in DEVICES:
+        raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
+    if not isinstance(cfg.cache, (bool, str)) or cfg.cache == "":
+        raise ConfigError(f"cache must be true, false or a folder, got {cfg.cache!r}")
+    for key in ("model", "data", "out", "title", "ray_address"):
         _expect(getattr(cfg, key), str, key)
     for key in ("model", "data", "out"):
         if not getattr(cfg, key).strip():
@@ -258,8 +299,9 @@ def override(cfg: AuditConfig, *, model: str | None = None, data: str | None = N
              attacks: str | Sequence[str] | None = None,
              defenses: str | Sequence[str] | None = None, out: str | None = None,
              seed: int | None = None, samples: int | None = None,
-             timeout: float | None = None) -> AuditConfig:
-    """Apply CLI flags over a config. A named attack keeps the file's parameters for it."""
+             timeout: float | None = None, **run: Any) -> AuditConfig:
+    """Apply CLI flags over a config. A named attack keeps the file's parameters for it.
+    ``run``: the :data:`RUN_KEYS` and ``device``, where not None."""
     def pick(current: list[Selection] | None, names: Any, where: str) -> list[Selection]:
         chosen = _selections(list(names) if not isinstance(names, str) else names, where)
         if not chosen:
@@ -285,4 +327,9 @@ def override(cfg: AuditConfig, *, model: str | None = None, data: str | None = N
         changes["samples"] = samples
     if timeout is not None:
         changes["timeout"] = timeout
+    for key, value in run.items():
+        if key not in RUN_KEYS + ("device",):
+            raise TypeError(f"override() got an unexpected keyword argument {key!r}")
+        if value is not None:
+            changes[key] = value
     return check(dataclasses.replace(cfg, **changes))

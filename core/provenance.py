@@ -121,7 +121,10 @@ def identity(result: dict[str, Any]) -> dict[str, Any]:
     """What decides an audit's numbers: config (less where it is written), model, data,
     and the plugins with their versions."""
     prov = result["provenance"]
-    config = {k: v for k, v in result["config"].items() if k not in ("out", "source", "title")}
+    from gauntlet.config import RUN_KEYS
+
+    skip = ("out", "source", "title", *RUN_KEYS)
+    config = {k: v for k, v in result["config"].items() if k not in skip}
     return {"config": config, "model": prov["model"], "data": prov["data"],
             "gauntlet": prov["gauntlet"], "libraries": prov["libraries"],
             "plugins": [(p["kind"], p["name"], p["distribution"], p["version"])

@@ -2,15 +2,16 @@
 
 ``cells.jsonl`` in the output folder starts with a header line holding the audit's
 fingerprint (config, model, data, plugin versions; :func:`gauntlet.provenance.fingerprint`),
-then one line per finished cell, per-row results included (:mod:`gauntlet.rows`).
-With ``resume``, an audit whose fingerprint matches reuses the finished cells (``ok`` and
-``not_applicable``; error cells run again: an error may be passing, a timeout on a busy
-machine, and a resumed audit should not keep it) and appends the rest.
+then one line per finished cell, per-row results included (:mod:`gauntlet.rows`). A
+crash can cut its last line short; :func:`read_records` keeps what came before it.
+Finished cells are also kept in the content cache (:mod:`gauntlet.cache`), from which
+an interrupted or repeated audit takes them.
 """
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ from gauntlet.errors import ConfigError
 from gauntlet.results import CellResult
 
 log = logging.getLogger(__name__)
-_REUSABLE = ("ok", "not_applicable")
 
 
 def read_records(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
@@ -39,9 +39,11 @@ def read_records(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], int]
 
 
 class Store:
-    """Appends each cell's record to ``folder/cells.jsonl`` as soon as it is known."""
+    """Appends each cell's record to ``folder/cells.jsonl`` as soon as it is known: the
+    audit's log, which a crash or Ctrl-C never loses. (Resuming is the content cache's
+    work now, :mod:`gauntlet.cache`: an audit run again reuses every finished cell.)"""
 
-    def __init__(self, folder: Path, fingerprint: str = "", resume: bool = False) -> None:
+    def __init__(self, folder: Path, fingerprint: str = "") -> None:
         self.folder = Path(folder)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -49,28 +51,10 @@ class Store:
             raise ConfigError(f"cannot create output folder {self.folder}: {exc}") from None
         self.path = self.folder / "cells.jsonl"
         self.fingerprint = fingerprint
-        self.done: dict[str, dict[str, Any]] = self._previous() if resume else {}
-        if self.done:
-            log.info("resuming: %d finished cells reused from %s", len(self.done), self.path)
-            return
         with self.path.open("w", encoding="utf-8") as f:
             f.write(json.dumps({"fingerprint": fingerprint}) + "\n")
 
-    def _previous(self) -> dict[str, dict[str, Any]]:
-        if not self.path.is_file():
-            return {}
-        header, records, whole = read_records(self.path)
-        if header.get("fingerprint") != self.fingerprint:
-            log.warning("not resuming: %s belongs to an audit with another config, model, "
-                        "data or plugin versions; starting afresh", self.path)
-            return {}
-        if whole < self.path.stat().st_size:
-            # Drop the torn tail, or the next append would be glued onto it and lost, with
-            # every cell after it, to the next resume.
-            with self.path.open("r+b") as f:
-                f.truncate(whole)
-        return {c["id"]: c for c in records if c.get("status") in _REUSABLE}
-
-    def append(self, cell: CellResult) -> None:
+    def append(self, cell: CellResult | Mapping[str, Any]) -> None:
+        record = cell.to_dict() if isinstance(cell, CellResult) else cell
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(cell.to_dict(), default=str) + "\n")
+            f.write(json.dumps(record, default=str) + "\n")

@@ -467,6 +467,17 @@ def _provenance(result: Mapping[str, Any]) -> Provenance:
            ("Seed", _text(prov.get("seed"))), ("Started", _text(prov.get("started"))),
            ("Duration", _seconds(prov.get("duration_s"))),
            ("Schema", _text(result.get("schema")))]
+    ran = prov.get("run")
+    if isinstance(ran, Mapping):  # absent from results written before issue 11
+        workers = ran.get("workers")
+        run += [("Executor", _text(ran.get("executor")) + (f" ({_text(workers)} workers)"
+                                                           if workers not in (None, 1)
+                                                           else "")),
+                ("Device", _text(ran.get("device"))),
+                ("Cells", f"{_text(ran.get('cells_run'))} run, "
+                          f"{_text(ran.get('cells_reused'))} reused from the cache"
+                          + (f" ({_text(ran.get('cache'))})" if ran.get("cache")
+                             else " (cache off)"))]
     model = [(k, _text(v)) for k, v in (prov.get("model") or {}).items()]
     data = [(k, _text(v)) for k, v in (prov.get("data") or {}).items()]
     libraries = sorted((_text(k), _text(v)) for k, v in (prov.get("libraries") or {}).items())

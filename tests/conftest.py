@@ -3,6 +3,7 @@ and :func:`plugin`, which makes an in-process plugin of test classes."""
 from __future__ import annotations
 
 import os
+import tempfile
 import types
 
 import numpy as np
@@ -20,6 +21,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+
+
+# A content cache for this test session (each test then gets its own, _own_cache): a
+# module-scoped fixture's audit, which runs before any function-scoped fixture, must not
+# read or fill the user's cache folder either.
+os.environ["GAUNTLET_CACHE_DIR"] = tempfile.mkdtemp(prefix="gauntlet-test-cache-")
 
 
 def plugin(name: str, *classes: type) -> types.ModuleType:
@@ -44,6 +51,14 @@ def digits() -> Dataset:
 def digits_model(digits: Dataset) -> Model:
     """The default audit's CNN (with its recipe), trained on the digits training split."""
     return load_model("builtin:cnn", {"dataset": digits, "seed": 0})
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory: pytest.TempPathFactory,
+               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test (and every gauntlet process it starts) gets a content cache of its own:
+    a test must never reuse another's cells, nor fill the user's cache folder."""
+    monkeypatch.setenv("GAUNTLET_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture

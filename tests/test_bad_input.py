@@ -67,6 +67,13 @@ CONFIG_CASES = {
                          ["test_size must be a fraction", "1.5"]),
     "IDX folder missing": ('[data]\nspec = "idx:no-such-folder"\n',
                            ["IDX data directory not found", "no-such-folder"]),
+    "unknown executor": ('executor = "threads"\n', ["executor must be one of", "'threads'"]),
+    "negative workers": ("workers = -2\n", ["workers must be an integer >= 0", "-2"]),
+    "workers as text": ('workers = "many"\n', ["workers must be an integer", "'many'"]),
+    "worker memory as a float": ("worker_memory = 1.5\n", ["worker_memory must be"]),
+    "unknown device": ('device = "tpu"\n', ["device must be one of", "'tpu'"]),
+    "cache of no usable type": ("cache = 3\n", ["cache must be true, false or a folder"]),
+    "ray address not text": ("ray_address = 5\n", ["ray_address must be str"]),
     "built-in model option of the wrong type": (
         '[model]\nspec = "builtin:mlp"\nepochs = "many"\n[data]\nspec = "sklearn:iris"\n',
         ["epochs", "'many'"]),
@@ -103,6 +110,10 @@ FLAG_CASES = {
                             ["defense 'none' is selected more than once"]),
     "unknown built-in model": (["--model", "builtin:resnet"],
                                ["no model loader understands 'builtin:resnet'"]),
+    "negative workers": (["--workers", "-1"], ["workers must be an integer >= 0"]),
+    "unknown executor": (["--executor", "threads"], ["invalid choice: 'threads'"]),
+    "cache both ways": (["--cache", "x", "--no-cache", "--samples", "5"],
+                        ["--cache and --no-cache contradict each other"]),
     "unknown scikit-learn set": (["--data", "sklearn:mnist"],
                                  ["unknown scikit-learn dataset 'mnist'"]),
 }
@@ -228,6 +239,9 @@ API_CASES = {
     "attacks of no usable type": ({"attacks": 5}, "attacks/defenses must be a list"),
     "attack parameters not a mapping": ({"attacks": {"fgsm": 3}}, "parameter mappings"),
     "attack names not text": ({"defenses": [None]}, "list names (strings)"),
+    "unknown executor": ({"executor": "gpu"}, "executor must be one of serial, process, ray"),
+    "resume without the cache": ({"resume": True, "cache": False},
+                                 "resume reuses finished cells from the content cache"),
 }
 
 

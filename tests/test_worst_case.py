@@ -1,6 +1,6 @@
 """The worst-case column: derived per budget from the cells' per-row results (AutoAttack's
 rule), never above any single attack, equal to a hand computation, never stored in
-cells.jsonl and recomputed on resume."""
+cells.jsonl and recomputed when cells are reused."""
 from __future__ import annotations
 
 import json
@@ -61,7 +61,7 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def audit(digits, digits_model, folder):
     return gauntlet.audit(model=digits_model, data=digits, samples=60, seed=0, out=folder,
-                          attacks={"fgsm": {"eps": [0.1, 0.2]}, "pgd": {"eps": [0.1],
+                          cache=folder / "cache", attacks={"fgsm": {"eps": [0.1, 0.2]}, "pgd": {"eps": [0.1],
                                                                         "max_iter": 5},
                                    "noise": {"eps": [0.1, 0.2]}},
                           defenses=["none", "input-noise"])
@@ -91,13 +91,13 @@ def test_worst_case_is_a_column_of_the_matrix(audit):
     assert frame.loc["none", "worst-case (eps=0.1)"] <= frame.loc["none", "pgd"]  # one eps
 
 
-def test_derived_cells_are_not_stored_and_are_recomputed_on_resume(audit, digits,
-                                                                    digits_model, folder):
+def test_derived_cells_are_not_stored_and_are_recomputed_from_reused_cells(
+        audit, digits, digits_model, folder):
     _, records, _ = read_records(folder / "cells.jsonl")
     assert not [r for r in records if r["attack"] == WORST_CASE or r.get("derived")]
     assert len(records) == len([c for c in audit.cells if not c.get("derived")])
     resumed = gauntlet.audit(model=digits_model, data=digits, samples=60, seed=0,
-                             out=folder, resume=True,
+                             out=folder, cache=folder / "cache",
                              attacks={"fgsm": {"eps": [0.1, 0.2]},
                                       "pgd": {"eps": [0.1], "max_iter": 5},
                                       "noise": {"eps": [0.1, 0.2]}},
@@ -106,6 +106,7 @@ def test_derived_cells_are_not_stored_and_are_recomputed_on_resume(audit, digits
     after = {c["id"]: c["metrics"] for c in resumed.cells if c.get("derived")}
     assert after == before
     assert resumed.result["checklist"] == audit.result["checklist"]
+    assert resumed.result["provenance"]["run"]["cells_run"] == 0  # every cell was reused
 
 
 def test_with_a_row_limited_attack_it_rests_on_the_shared_rows(digits, digits_model, folder):
