@@ -2,26 +2,41 @@
 
 An :class:`Executor` takes the :class:`~gauntlet.run.Runner` and the planned cells and
 returns one :class:`~gauntlet.results.CellResult` per cell, in plan order. It calls
-``on_result`` with each cell it computes (the store appends it to ``cells.jsonl``
-there), and reuses the records in ``done`` (a resumed audit) instead of running them.
+``on_result`` with each cell it computes (the store appends it to ``cells.jsonl`` and the
+content cache keeps it), and reuses the records in ``done`` (cells the content cache
+already holds) instead of running them.
 
-:class:`SerialExecutor` runs them one after another in this process. A parallel
-executor (a process pool, Ray) implements the same method without touching plugins:
-each worker builds its runner with :meth:`Runner.from_config` from the audit's config
-(plain data) and calls :meth:`Runner.run_cell`; a cell's seeds depend on its points
-only, never on which cells ran before it or where, so the numbers are those of a
-serial run. ``on_result`` is then called in the parent as results arrive. (An audit of
-an in-memory model or Dataset has no config to rebuild them from: there a parallel
-executor must ship the model itself, or run serially.)
+- :class:`SerialExecutor` runs them one after another in this process.
+- :class:`ProcessExecutor` runs them in a pool of worker processes forked from this one
+  once the model and data are loaded (so nothing is pickled or loaded again), each on
+  one torch thread. A worker that segfaults, aborts, runs out of memory or hangs in
+  native code is an error cell; the parent enforces the per-cell timeout by killing the
+  worker, and starts another. POSIX only (it forks).
+- :class:`RayExecutor` runs them in Ray actors, on a cluster or a local one; the runner
+  (model and evaluated data) goes into the object store once.
+
+A cell's seeds depend on its points only, never on which cells ran before it or where,
+so every executor and worker count gives the numbers of a serial run on as many torch
+threads. Both pools schedule cells so a worker keeps to one defense (each defended model
+is built once per worker that needs it), and a deployment that rehearses (packs many
+cells' queries into one call, e.g. encrypted inference) stays with the worker that
+rehearsed it.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import faulthandler
 import logging
+import os
+import signal
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from gauntlet.errors import ConfigError
 from gauntlet.plan import Cell
 from gauntlet.results import CellResult
 from gauntlet.run import Runner
@@ -29,6 +44,9 @@ from gauntlet.run import Runner
 log = logging.getLogger(__name__)
 
 OnResult = Callable[[CellResult], None]
+#: Seconds a worker gets past the per-cell timeout before the parent kills it: the
+#: worker's own timer stops Python code first, with a traceback.
+GRACE_S = 5.0
 
 
 class Executor(Protocol):
@@ -41,9 +59,44 @@ class Executor(Protocol):
         :param runner: runs one cell (``runner.run_cell(cell)``).
         :param cells: the planned cells.
         :param on_result: called once with each newly computed result, as it arrives.
-        :param done: finished records by cell id (a resumed audit): reused, not run.
+        :param done: finished records by cell id (from the content cache): reused, not run.
         """
         ...
+
+
+class _Progress:
+    """The progress bar on a terminal, one log line per cell elsewhere (a log file, CI);
+    the same under every executor."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self.live = enabled and sys.stderr.isatty()
+        self.started = 0
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> _Progress:
+        from tqdm.auto import tqdm
+
+        if self.live:
+            # Warnings logged while the bar is up go through tqdm, so they do not tear it.
+            from tqdm.contrib.logging import logging_redirect_tqdm
+            self._stack.enter_context(logging_redirect_tqdm())
+        self.bar = self._stack.enter_context(tqdm(
+            total=self.total, unit="cell", desc="audit", disable=not self.live,
+            dynamic_ncols=True))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def start(self, cell: Cell) -> None:
+        self.started += 1
+        self.bar.set_postfix_str(cell.label, refresh=True)
+        if self.enabled and not self.live:
+            log.info("cell %d/%d: %s", self.started, self.total, cell.label)
+
+    def finish(self, n: int = 1) -> None:
+        self.bar.update(n)
 
 
 class SerialExecutor:
@@ -58,23 +111,12 @@ class SerialExecutor:
 
     def run(self, runner: Runner, cells: Sequence[Cell], *, on_result: OnResult | None = None,
             done: Mapping[str, Mapping[str, Any]] | None = None) -> list[CellResult]:
-        from tqdm.auto import tqdm
-
         done = done or {}
         runner.expect([cell for cell in cells if cell.id not in done])
         results = []
-        live = self.progress and sys.stderr.isatty()
-        # Warnings logged while the bar is up go through tqdm, so they do not tear it.
-        redirect: Any = contextlib.nullcontext()
-        if live:
-            from tqdm.contrib.logging import logging_redirect_tqdm
-            redirect = logging_redirect_tqdm()
-        with redirect, tqdm(total=len(cells), unit="cell", desc="audit", disable=not live,
-                            dynamic_ncols=True) as bar:
-            for i, cell in enumerate(cells, 1):
-                bar.set_postfix_str(cell.label, refresh=True)
-                if self.progress and not live:
-                    log.info("cell %d/%d: %s", i, len(cells), cell.label)
+        with _Progress(len(cells), self.progress) as progress:
+            for cell in cells:
+                progress.start(cell)
                 if cell.id in done:
                     results.append(CellResult(**done[cell.id]))
                 else:
@@ -82,5 +124,580 @@ class SerialExecutor:
                     results.append(result)
                     if on_result is not None:
                         on_result(result)
-                bar.update(1)
+                progress.finish()
         return results
+
+
+def default_workers() -> int:
+    """One worker per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS
+        return max(1, os.cpu_count() or 1)
+
+
+# -- what runs in a worker ----------------------------------------------------------------
+class _Captured(logging.Handler):
+    """Keeps a worker's log records, flattened to plain data, for the parent to emit."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+        self.records.append({"name": record.name, "levelno": record.levelno,
+                             "levelname": record.levelname, "msg": message,
+                             "pathname": record.pathname, "lineno": record.lineno,
+                             "funcName": record.funcName})
+
+    def take(self) -> list[dict[str, Any]]:
+        out, self.records = self.records, []
+        return out
+
+
+def _emit(records: Sequence[Mapping[str, Any]]) -> None:
+    """Re-emit a worker's log records in this process, through the same loggers."""
+    for r in records:
+        logger = logging.getLogger(r["name"])
+        if logger.isEnabledFor(r["levelno"]):
+            logger.handle(logging.makeLogRecord(dict(r, args=None)))
+
+
+class _Worker:
+    """What a worker process or Ray actor holds: the runner and the planned cells."""
+
+    def __init__(self, runner: Runner, cells: Sequence[Cell], threads: int, level: int,
+                 cache_root: str | None = None, device: str | None = None) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.runner, self.cells = runner, cells
+        self.captured = _Captured()
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        root.addHandler(self.captured)
+        logging.getLogger("gauntlet").setLevel(level)
+        # Python warnings too, so they reach the audit's stderr through its log, once
+        # per worker, as a serial run prints them once.
+        logging.captureWarnings(True)
+        self.cache = None
+        if cache_root is not None:  # a Ray worker: no state inherited from the parent
+            from gauntlet.cache import Cache, using
+            self.cache = using(Cache(cache_root))
+            self.cache.__enter__()
+        if device is not None:
+            from gauntlet import device as device_mod
+            device_mod.select(device)
+
+    def prepare(self, i: int, expected: Sequence[int]) -> tuple[int, list[dict[str, Any]]]:
+        n = self.runner.prepare(self.cells[i], [self.cells[j] for j in expected])
+        return n, self.captured.take()
+
+    def run(self, i: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return self.runner.run_cell(self.cells[i]).to_dict(), self.captured.take()
+
+
+def _serve(conn: Any, runner: Runner, cells: Sequence[Cell], threads: int, level: int,
+           memory_mb: int, crash_path: str) -> None:
+    """A process worker's loop: ``(method, args)`` in, ``(method, result)`` out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the audit
+    crash = open(crash_path, "w")  # noqa: SIM115 - open until the process ends
+    faulthandler.enable(file=crash, all_threads=False)
+    if memory_mb:
+        _limit_memory(memory_mb)
+    worker = _Worker(runner, cells, threads, level)
+    while True:
+        message = conn.recv()
+        if message is None:
+            return
+        method, args = message
+        conn.send((method, getattr(worker, method)(*args)))
+
+
+def _limit_memory(mb: int) -> None:
+    """Cap this process's address space at what it maps now plus ``mb`` MiB."""
+    import resource
+
+    try:
+        with open("/proc/self/statm") as f:
+            mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # pragma: no cover - no /proc
+        mapped = 0
+    limit = mapped + mb * 2**20
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+# -- the parent's side ------------------------------------------------------------------
+class WorkerDied(Exception):
+    """A worker ended while running a cell (signal, exit, out of memory)."""
+
+
+@dataclasses.dataclass
+class _Slot:
+    """One worker as the scheduler sees it."""
+
+    handle: Any = None
+    cell: int | None = None  # the cell it is working on
+    phase: str = ""  # "prepare" or "run"
+    started: float = 0.0
+    deadline: float = float("inf")
+    defenses: set[str] = dataclasses.field(default_factory=set)
+    last: str = ""
+
+
+class _PoolExecutor:
+    """The scheduler shared by the process pool and Ray: hand cells to free workers
+    (keeping each worker to one defense), enforce the per-cell timeout, turn a dead
+    worker into an error cell and replace it."""
+
+    kind = "pool"
+
+    def __init__(self, workers: int = 0, progress: bool = True, threads: int = 1) -> None:
+        self.workers = workers or default_workers()
+        self.progress = progress
+        self.threads = threads
+
+    # Subclasses: start a worker, send it a call, wait for answers, stop it.
+    def _start(self, runner: Runner, cells: Sequence[Cell]) -> Any:
+        raise NotImplementedError
+
+    def _send(self, handle: Any, method: str, args: tuple[Any, ...]) -> None:
+        raise NotImplementedError
+
+    def _wait(self, slots: Sequence[_Slot], timeout: float | None) -> list[tuple[_Slot, Any]]:
+        """The busy slots that answered (their answer, or a WorkerDied) within timeout."""
+        raise NotImplementedError
+
+    def _stop(self, handle: Any, kill: bool) -> None:
+        raise NotImplementedError
+
+    def _crash_report(self, handle: Any) -> str:
+        return ""
+
+    def _setup(self, runner: Runner, cells: Sequence[Cell]) -> None:
+        pass
+
+    def _teardown(self) -> None:
+        pass
+
+    def run(self, runner: Runner, cells: Sequence[Cell], *, on_result: OnResult | None = None,
+            done: Mapping[str, Mapping[str, Any]] | None = None) -> list[CellResult]:
+        done = done or {}
+        results: dict[int, CellResult] = {}
+        pending = [i for i, c in enumerate(cells) if c.id not in done]
+        with _Progress(len(cells), self.progress) as progress:
+            for i, cell in enumerate(cells):
+                if cell.id in done:
+                    results[i] = CellResult(**done[cell.id])
+                    progress.start(cell)
+                    progress.finish()
+            if pending:
+                self._setup(runner, cells)
+                try:
+                    self._loop(runner, cells, pending, results, progress, on_result)
+                finally:
+                    self._teardown()
+        return [results[i] for i in range(len(cells))]
+
+    def _loop(self, runner: Runner, cells: Sequence[Cell], pending: list[int],
+              results: dict[int, CellResult], progress: _Progress,
+              on_result: OnResult | None) -> None:
+        timeout = runner.timeout
+        slots = [_Slot() for _ in range(min(self.workers, len(pending)))]
+        pinned: dict[str, _Slot] = {}  # a rehearsed defense stays with its worker
+
+        def finish(slot: _Slot, result: CellResult) -> None:
+            assert slot.cell is not None
+            results[slot.cell] = result
+            slot.cell, slot.phase, slot.deadline = None, "", float("inf")
+            if on_result is not None:
+                on_result(result)
+            progress.finish()
+
+        def lose(slot: _Slot, why: str, traceback: str | None) -> None:
+            """The worker is gone (crashed, or killed past the deadline)."""
+            assert slot.cell is not None
+            cell = cells[slot.cell]
+            result = _record(cell)
+            result.status, result.reason = "error", why
+            result.traceback = traceback or None
+            result.duration_s = round(time.perf_counter() - slot.started, 4)
+            log.warning("cell %s failed: %s", cell.label, why)
+            for key, owner in list(pinned.items()):
+                if owner is slot:
+                    del pinned[key]
+            slot.handle, slot.defenses, slot.last = None, set(), ""
+            finish(slot, result)
+
+        try:
+            while pending or any(s.cell is not None for s in slots):
+                for slot in slots:
+                    if slot.cell is not None or not pending:
+                        continue
+                    i = _pick(cells, pending, slot, slots, pinned)
+                    if i is None:
+                        continue
+                    pending.remove(i)
+                    cell = cells[i]
+                    if slot.handle is None:
+                        slot.handle = self._start(runner, cells)
+                    progress.start(cell)
+                    slot.cell, slot.started = i, time.perf_counter()
+                    key = cell.defense_key
+                    if key not in slot.defenses:
+                        # Rehearse what is left of this defense (none for most).
+                        left = [i] + [j for j in pending if cells[j].defense_key == key]
+                        slot.phase = "prepare"
+                        slot.deadline = slot.started + (timeout * len(left) + GRACE_S
+                                                        if timeout else float("inf"))
+                        self._send(slot.handle, "prepare", (i, left))
+                    else:
+                        self._begin_run(slot, i, timeout)
+                    slot.defenses.add(key)
+                    slot.last = key
+                busy = [s for s in slots if s.cell is not None]
+                if not busy:
+                    continue
+                nearest = min(s.deadline for s in busy)
+                wait = None if nearest == float("inf") else max(0.0, nearest - time.perf_counter())
+                for slot, answer in self._wait(busy, wait):
+                    if isinstance(answer, WorkerDied):
+                        crash = self._crash_report(slot.handle)
+                        self._stop(slot.handle, kill=True)
+                        lose(slot, f"WorkerDied: the worker running this cell {answer}; the "
+                             "audit went on with a new worker", crash)
+                        continue
+                    method, (value, records) = answer
+                    _emit(records)
+                    assert slot.cell is not None
+                    if method == "prepare":
+                        if value:
+                            pinned[cells[slot.cell].defense_key] = slot
+                        self._begin_run(slot, slot.cell, timeout)
+                    else:
+                        finish(slot, CellResult(**value))
+                now = time.perf_counter()
+                for slot in slots:
+                    if slot.cell is not None and now >= slot.deadline:
+                        self._stop(slot.handle, kill=True)
+                        limit = f"{timeout:g} s (the audit's per-cell limit)"
+                        what = "rehearsing its defense" if slot.phase == "prepare" else \
+                            "running it"
+                        lose(slot, f"CellTimeout: timed out after {limit}; the worker "
+                             f"{what} was stopped", None)
+        finally:
+            for slot in slots:
+                if slot.handle is not None:
+                    self._stop(slot.handle, kill=slot.cell is not None)
+
+    def _begin_run(self, slot: _Slot, i: int, timeout: float) -> None:
+        slot.phase = "run"
+        slot.started = time.perf_counter()
+        slot.deadline = slot.started + (timeout + GRACE_S if timeout else float("inf"))
+        self._send(slot.handle, "run", (i,))
+
+
+def _record(cell: Cell) -> CellResult:
+    return CellResult(id=cell.id, defense=cell.defense.name,
+                      defense_params=cell.defense_params, defense_point=cell.defense_point,
+                      attack=cell.attack.name, family=cell.attack.family.value,
+                      attack_params=cell.attack_params, attack_point=cell.attack_point)
+
+
+def _pick(cells: Sequence[Cell], pending: Sequence[int], slot: _Slot,
+          slots: Sequence[_Slot], pinned: Mapping[str, _Slot]) -> int | None:
+    """The next cell for a free worker: one of the defense it is on; else one of a
+    defense no other worker is on; else any not pinned to another live worker."""
+    free = [i for i in pending if pinned.get(cells[i].defense_key, slot) is slot]
+    if not free:
+        return None
+    for i in free:
+        if cells[i].defense_key == slot.last:
+            return i
+    taken = {cells[s.cell].defense_key for s in slots if s.cell is not None}
+    for i in free:
+        if cells[i].defense_key not in taken:
+            return i
+    return free[0]
+
+
+def _signal_name(code: int) -> str:
+    try:
+        name = signal.Signals(code).name
+    except ValueError:
+        return f"signal {code}"
+    hint = {"SIGSEGV": "segmentation fault", "SIGABRT": "aborted", "SIGBUS": "bus error",
+            "SIGKILL": "killed: out of memory, or by hand", "SIGILL": "illegal instruction",
+            "SIGFPE": "arithmetic error"}.get(name)
+    return f"{name}, {hint}" if hint else name
+
+
+class ProcessExecutor(_PoolExecutor):
+    """Cells in a pool of worker processes forked after loading (see the module
+    docstring).
+
+    :param workers: worker processes (0: one per core).
+    :param memory_mb: MiB each worker may allocate beyond what it maps when it starts
+        (0: no limit but the machine's; past it an allocation fails with MemoryError, or a
+        native one ends the worker, and the cell is an error).
+    :param threads: torch threads per worker.
+    """
+
+    kind = "process"
+
+    def __init__(self, workers: int = 0, progress: bool = True, memory_mb: int = 0,
+                 threads: int = 1) -> None:
+        super().__init__(workers, progress, threads)
+        self.memory_mb = memory_mb
+        import multiprocessing as mp
+
+        if "fork" not in mp.get_all_start_methods():
+            raise ConfigError("executor 'process' forks worker processes, which this "
+                              "platform cannot; use executor 'ray' or 'serial'")
+        self._ctx = mp.get_context("fork")
+        self._crash_dir: tempfile.TemporaryDirectory[str] | None = None
+
+    def _setup(self, runner: Runner, cells: Sequence[Cell]) -> None:
+        self._crash_dir = tempfile.TemporaryDirectory(prefix="gauntlet-workers-")
+        self._count = 0
+
+    def _teardown(self) -> None:
+        if self._crash_dir is not None:
+            self._crash_dir.cleanup()
+
+    def _start(self, runner: Runner, cells: Sequence[Cell]) -> Any:
+        import warnings
+
+        assert self._crash_dir is not None
+        self._count += 1
+        crash = os.path.join(self._crash_dir.name, f"worker-{self._count}.txt")
+        parent, child = self._ctx.Pipe()
+        level = logging.getLogger("gauntlet").getEffectiveLevel()
+        process = self._ctx.Process(
+            target=_serve, args=(child, runner, cells, self.threads, level, self.memory_mb,
+                                 crash), daemon=True, name=f"gauntlet-worker-{self._count}")
+        with warnings.catch_warnings():
+            # Python 3.12 warns that forking a process with threads (torch's pool) may
+            # deadlock; the worker only computes on its own thread (set_num_threads(1)).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            process.start()
+        child.close()
+        return _ProcessHandle(process, parent, crash)
+
+    def _send(self, handle: Any, method: str, args: tuple[Any, ...]) -> None:
+        try:
+            handle.conn.send((method, args))
+        except (BrokenPipeError, ConnectionResetError, EOFError):
+            pass  # the wait sees it dead
+
+    def _wait(self, slots: Sequence[_Slot], timeout: float | None) -> list[tuple[_Slot, Any]]:
+        from multiprocessing.connection import wait
+
+        by_obj: dict[Any, _Slot] = {}
+        for s in slots:
+            by_obj[s.handle.conn] = s
+            by_obj[s.handle.process.sentinel] = s
+        ready = wait(list(by_obj), timeout)
+        out: list[tuple[_Slot, Any]] = []
+        seen: set[int] = set()
+        for obj in ready:
+            slot = by_obj[obj]
+            if id(slot) in seen:
+                continue
+            seen.add(id(slot))
+            handle = slot.handle
+            try:
+                if handle.conn.poll():
+                    out.append((slot, handle.conn.recv()))
+                    continue
+            except (EOFError, OSError):
+                pass
+            handle.process.join(1.0)
+            code = handle.process.exitcode
+            how = f"was killed by {_signal_name(-code)}" if code is not None and code < 0 \
+                else f"exited with code {code}"
+            out.append((slot, WorkerDied(how)))
+        return out
+
+    def _stop(self, handle: Any, kill: bool) -> None:
+        if kill:
+            handle.process.kill()
+        else:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                handle.conn.send(None)
+        handle.process.join(5.0)
+        if handle.process.is_alive():
+            handle.process.kill()
+            handle.process.join()
+        handle.conn.close()
+
+    def _crash_report(self, handle: Any) -> str:
+        try:
+            with open(handle.crash, encoding="utf-8", errors="replace") as f:
+                text = f.read().strip()
+        except OSError:
+            return ""
+        from gauntlet.results import short_paths
+
+        return short_paths("The worker's last Python stack (faulthandler):\n" + text) \
+            if text else ""
+
+
+@dataclasses.dataclass
+class _ProcessHandle:
+    process: Any
+    conn: Any
+    crash: str
+
+
+class RayExecutor(_PoolExecutor):
+    """Cells in Ray actors (see the module docstring).
+
+    :param address: a cluster's address (``ray start --head`` prints it); "" starts a
+        local Ray for this audit and stops it after.
+    :param workers: actors (0: one per CPU the cluster has).
+    :param gpus: GPUs each actor asks Ray for (the audit's device is CUDA).
+    """
+
+    kind = "ray"
+
+    def __init__(self, address: str = "", workers: int = 0, progress: bool = True,
+                 threads: int = 1, gpus: float = 0.0) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError("executor 'ray' needs Ray: pip install 'ml-gauntlet[ray]'") \
+                from None
+        super().__init__(workers, progress, threads)
+        self._asked = workers
+        self.address = address
+        self.gpus = gpus
+        self._started_ray = False
+
+    def _setup(self, runner: Runner, cells: Sequence[Cell]) -> None:
+        import ray
+
+        from gauntlet import cache as cache_mod
+        from gauntlet import device as device_mod
+
+        if not ray.is_initialized():
+            # Workers' logs and warnings come back with each cell (_Captured); Ray's own
+            # chatter (its token notice for a local cluster) stays out of the audit's.
+            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                       "logging_level": logging.ERROR}
+            if self.address:
+                options["address"] = self.address
+            else:
+                options["num_cpus"] = self._asked or default_workers()
+            log.info("starting Ray%s", f" at {self.address}" if self.address else
+                     " locally")
+            logging.getLogger("ray").setLevel(logging.ERROR)
+            try:
+                ray.init(**options)
+            except Exception as exc:  # noqa: BLE001 - an unreachable cluster is bad input
+                raise ConfigError(f"cannot start or reach Ray"
+                                  f"{' at ' + self.address if self.address else ''}: "
+                                  f"{type(exc).__name__}: {exc}") from None
+            self._started_ray = True
+        if not self._asked:
+            self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        _pickle_plugins_by_value(cells)
+        self._runner_ref = ray.put(runner)
+        self._cells_ref = ray.put(list(cells))
+        active = cache_mod.active()
+        self._cache_root = str(active.root) if active is not None else None
+        self._device = device_mod.current()
+        actor = ray.remote(_Worker)
+        self._actor = actor.options(num_cpus=self.threads, num_gpus=self.gpus,
+                                    max_restarts=0, max_task_retries=0)
+        self._refs: dict[Any, Any] = {}
+
+    def _teardown(self) -> None:
+        import ray
+
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+    def _start(self, runner: Runner, cells: Sequence[Cell]) -> Any:
+        level = logging.getLogger("gauntlet").getEffectiveLevel()
+        return _RayHandle(self._actor.remote(self._runner_ref, self._cells_ref, self.threads,
+                                             level, self._cache_root, self._device))
+
+    def _send(self, handle: Any, method: str, args: tuple[Any, ...]) -> None:
+        handle.method = method
+        handle.ref = getattr(handle.actor, method).remote(*args)
+
+    def _wait(self, slots: Sequence[_Slot], timeout: float | None) -> list[tuple[_Slot, Any]]:
+        import ray
+
+        by_ref = {s.handle.ref: s for s in slots}
+        ready, _ = ray.wait(list(by_ref), num_returns=1, timeout=timeout)
+        out: list[tuple[_Slot, Any]] = []
+        for ref in ready:
+            slot = by_ref[ref]
+            try:
+                out.append((slot, (slot.handle.method, ray.get(ref))))
+            except ray.exceptions.RayActorError as exc:
+                out.append((slot, WorkerDied(f"(a Ray actor) died: {_first_line(exc)}")))
+            except ray.exceptions.RayError as exc:
+                out.append((slot, WorkerDied(f"(a Ray actor) failed: {_first_line(exc)}")))
+        return out
+
+    def _stop(self, handle: Any, kill: bool) -> None:
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.kill(handle.actor, no_restart=True)
+
+
+@dataclasses.dataclass
+class _RayHandle:
+    actor: Any
+    ref: Any = None
+    method: str = ""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _pickle_plugins_by_value(cells: Sequence[Cell]) -> None:
+    """Ship the code of plugin classes that a Ray worker may not be able to import (a
+    module outside any installed package: a test file, a notebook) by value."""
+    import importlib.util
+
+    import cloudpickle
+
+    for cell in cells:
+        for cls in (cell.attack, cell.defense):
+            module = sys.modules.get(cls.__module__)
+            if module is None or cls.__module__.startswith("gauntlet.") or \
+                    cls.__module__ == "__main__":
+                continue
+            spec = importlib.util.find_spec(cls.__module__.split(".")[0])
+            origin = (spec.origin or "") if spec is not None else ""
+            if "site-packages" in origin or "dist-packages" in origin:
+                continue  # an installed plugin: every worker has it
+            with contextlib.suppress(ValueError):
+                cloudpickle.register_pickle_by_value(module)
+
+
+def make_executor(name: str, *, workers: int = 0, progress: bool = True,
+                  memory_mb: int = 0, address: str = "", gpus: float = 0.0) -> Executor:
+    """The executor a config names (``serial``, ``process`` or ``ray``)."""
+    if name == "serial":
+        return SerialExecutor(progress=progress)
+    if name == "process":
+        return ProcessExecutor(workers, progress, memory_mb=memory_mb)
+    if name == "ray":
+        return RayExecutor(address, workers, progress, gpus=gpus)
+    raise ConfigError(f"unknown executor {name!r} (serial, process or ray)")

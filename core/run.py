@@ -174,7 +174,21 @@ class Runner:
         for cell in cells:
             self._expected.setdefault(cell.defense_key, []).append(cell)
 
-    def _rehearse(self, cell: Cell) -> None:
+    def prepare(self, cell: Cell, expected: Sequence[Cell] | None = None) -> int:
+        """Rehearse ``cell``'s defense if this runner expects cells of it and its
+        deployment packs (see :meth:`expect`); return how many cells were rehearsed (0:
+        nothing to do). ``expected``: the cells of that defense to rehearse instead of
+        those :meth:`expect` named (a worker that joins a defense late rehearses only what
+        is left of it). :meth:`run_cell` does this itself; a parallel executor calls it
+        first, to time the rehearsal apart from the cell."""
+        if expected is not None:
+            self._expected[cell.defense_key] = [c for c in expected
+                                                if c.defense_key == cell.defense_key]
+        if cell.defense_key not in self._expected:
+            return 0
+        return self._rehearse(cell)
+
+    def _rehearse(self, cell: Cell) -> int:
         """Run the expected cells of ``cell``'s defense once against a deployment that
         records what they ask, then have it answer all of that in packed calls. The
         outcomes are thrown away and nothing here can fail a cell: the cells then run as
@@ -184,14 +198,14 @@ class Runner:
                  if c.attack.family is not Family.POISONING and not c.skipped
                  and not c.attack.unavailable()]
         if not cells:
-            return
+            return 0
         try:
             model = self.defended(cell)
         except Exception:  # noqa: BLE001 - the cell itself reports it
-            return
+            return 0
         served = model.served
         if served is None or served.pack <= 1:
-            return
+            return 0
         start = time.perf_counter()
         with served.rehearsing() as batches:
             for each in cells:
@@ -206,6 +220,7 @@ class Runner:
         log.info("defense %r: rehearsed %d cells, answered %d rows in %d batches together "
                  "(%.1f s)", cell.defense.name, len(cells), rows, len(batches),
                  time.perf_counter() - start)
+        return len(cells)
 
     def _outcome(self, cell: Cell, model: Model) -> tuple[Attack, Dataset, Outcome]:
         attack = cell.attack(**cell.attack_params)
@@ -262,8 +277,7 @@ class Runner:
             family=cell.attack.family.value, attack_params=cell.attack_params,
             attack_point=cell.attack_point,
         )
-        if cell.defense_key in self._expected:
-            self._rehearse(cell)
+        self.prepare(cell)
         start = time.perf_counter()
         try:
             with deadline(self.timeout):

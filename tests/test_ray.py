@@ -1,0 +1,105 @@
+"""The Ray executor against a real local Ray (the test extra installs it): cells run in
+actors and give the serial numbers, the demo matrix agrees value for value on all three
+executors, and a crashing or hanging plugin is an error cell, as in the process pool."""
+from __future__ import annotations
+
+import ctypes
+import signal
+import time
+
+import pytest
+import torch
+from conftest import plugin
+
+import gauntlet
+from gauntlet import Access, EvasionAttack
+from gauntlet import config as config_mod
+from gauntlet.executor import RayExecutor
+from gauntlet.registry import make_registry
+
+ray = pytest.importorskip("ray")
+# A local Ray takes seconds to start and each actor imports torch: CI runs these with the
+# slow tests, not the README's command.
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """One local Ray for this file (an executor uses a Ray already initialised)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each worker's, so the serial run computes the same bits
+    yield
+    torch.set_num_threads(threads)
+
+
+class RaySegfaults(EvasionAttack):
+    """Reads address 0 through ctypes.
+
+    Test attack for crash isolation under Ray.
+    """
+
+    name = "ray-segfaults"
+    needs = Access.LABELS
+
+    def generate(self, model, x, y, rng):
+        ctypes.string_at(0)
+        return x
+
+
+class RayHangs(EvasionAttack):
+    """Sleeps in C with the timer's signal blocked.
+
+    Test attack for the timeout under Ray.
+    """
+
+    name = "ray-hangs"
+    needs = Access.LABELS
+
+    def generate(self, model, x, y, rng):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        ctypes.CDLL(None).sleep(600)
+        return x
+
+
+def test_a_crash_and_a_hang_under_ray_are_error_cells(digits, digits_model):
+    registry = make_registry(plugins={"raytest": plugin("raytest", RaySegfaults, RayHangs)})
+    start = time.perf_counter()
+    result = gauntlet.audit(model=digits_model, data=digits, registry=registry, samples=30,
+                            seed=0, timeout=3, attacks=["ray-segfaults", "ray-hangs", "noise"],
+                            defenses=["none"], cache=False,
+                            executor=RayExecutor(workers=2, progress=False))
+    cells = {c["attack"]: c for c in result.cells if not c.get("derived")}
+    assert cells["ray-segfaults"]["status"] == "error"
+    assert "WorkerDied" in cells["ray-segfaults"]["reason"]
+    assert "Ray actor" in cells["ray-segfaults"]["reason"]
+    assert cells["ray-hangs"]["status"] == "error"
+    assert "CellTimeout" in cells["ray-hangs"]["reason"]
+    assert cells["noise"]["status"] == "ok" and cells["clean"]["status"] == "ok"
+    assert time.perf_counter() - start < 300
+
+
+def test_the_demo_matrix_agrees_on_every_executor(one_thread):
+    """The demo's config (its model, data, every default attack and defense), on fewer
+    evaluated rows to keep CI's time: serial, a process pool of 2 and Ray with 2 actors
+    give every cell's status and every metric's value, n and interval identically."""
+    cfg = config_mod.demo()
+    cfg.samples = 100
+    runs = {}
+    for executor in ("serial", "process", "ray"):
+        result = gauntlet.audit(config=cfg, executor=executor, workers=2, cache=False)
+        runs[executor] = {c["id"]: (c["status"], c["reason"], c["metrics"])
+                          for c in result.cells}
+    serial = runs["serial"]
+    assert len(serial) > 300 and sum(s == "ok" for s, _, _ in serial.values()) > 200
+    for executor in ("process", "ray"):
+        assert list(runs[executor]) == list(serial)
+        differ = [k for k in serial if runs[executor][k] != serial[k]]
+        assert not differ, (executor, differ[:5],
+                            [(serial[k], runs[executor][k]) for k in differ[:2]])
