@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from gauntlet.errors import ConfigError
+from gauntlet.errors import ConfigError, GauntletError
 from gauntlet.plan import Cell
 from gauntlet.results import CellResult
 from gauntlet.run import Runner
@@ -235,6 +235,10 @@ def _limit_memory(mb: int) -> None:
 
 
 # -- the parent's side ------------------------------------------------------------------
+class ExecutorError(GauntletError):
+    """The executor cannot run cells at all (its workers cannot start)."""
+
+
 class WorkerDied(Exception):
     """A worker ended while running a cell (signal, exit, out of memory)."""
 
@@ -646,6 +650,11 @@ class RayExecutor(_PoolExecutor):
             try:
                 out.append((slot, (slot.handle.method, ray.get(ref))))
             except ray.exceptions.RayActorError as exc:
+                if "creation task" in str(exc):
+                    # Every actor would fail alike (an input that does not unpickle there,
+                    # a missing package): stop, saying why, rather than fail every cell.
+                    last = str(exc).strip().splitlines()[-1]
+                    raise ExecutorError(f"Ray workers cannot start: {last}") from None
                 out.append((slot, WorkerDied(f"(a Ray actor) died: {_first_line(exc)}")))
             except ray.exceptions.RayError as exc:
                 out.append((slot, WorkerDied(f"(a Ray actor) failed: {_first_line(exc)}")))
@@ -675,7 +684,7 @@ def _pickle_plugins_by_value(cells: Sequence[Cell]) -> None:
     module outside any installed package: a test file, a notebook) by value."""
     import importlib.util
 
-    import cloudpickle
+    from ray import cloudpickle  # Ray's own copy: its registry is the one Ray reads
 
     for cell in cells:
         for cls in (cell.attack, cell.defense):
