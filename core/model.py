@@ -16,13 +16,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import hashlib
 import math
+import weakref
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from gauntlet import device as audit_device
 from gauntlet.errors import AccessDenied, NotApplicable
 
 if TYPE_CHECKING:
@@ -178,6 +181,72 @@ def _composed(base: Any, layers: tuple[Layer, ...], served: dict[int, Any], *,
     return module
 
 
+def _tensor_device(module: Any) -> torch.device | None:
+    """Where ``module``'s first parameter (else buffer) lives; None when it has neither
+    (a black box that computes wherever it likes)."""
+    for tensors in (module.parameters(), module.buffers()):
+        for t in tensors:
+            return t.device  # type: ignore[no-any-return]
+    return None
+
+
+@functools.cache
+def _on_device_class() -> type:
+    from torch import nn
+
+    class OnDevice(nn.Module):
+        """A base module on the GPU, called with batches on any device: each batch goes
+        to the module's device and its logits come back to the batch's (both moves are
+        differentiable), so defense layers and plugins keep computing on the CPU."""
+
+        def __init__(self, module: nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            # Read at each call, not kept: the module may have moved since (a device switch).
+            at = _tensor_device(self.module)
+            out = self.module(x if at is None else x.to(at))
+            return out.to(x.device)  # type: ignore[no-any-return]
+
+    return OnDevice
+
+
+#: The device adapter of each base module on CUDA, for as long as a composition holds it:
+#: one per module, so a wrapper layer that keeps its work per module it serves (fhe's
+#: distilled twin) finds it again in every deployment of that module, as on the CPU.
+_adapters: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+
+
+def _placed(module: Any, where: str) -> Any:
+    """``module`` moved, in place, to ``where`` (``cpu`` or ``cuda``), as the composed
+    paths call it: the module itself on the CPU (no wrapper, no copy); on CUDA, in the
+    adapter that moves batches there and logits back. A module without parameters or
+    buffers stays as it is and is called directly."""
+    at = _tensor_device(module)
+    if at is None:
+        return module
+    if at.type != where:
+        module.to(where)
+    if where == "cpu":
+        return module
+    adapter = _adapters.get(id(module))
+    if adapter is None or adapter.module is not module:
+        adapter = _on_device_class()(module)
+        _adapters[id(module)] = adapter
+    return adapter
+
+
+def network(module: torch.nn.Module) -> torch.nn.Module:
+    """The network a wrapper layer serves (``deploy(serve=...)`` gets ``module``): on
+    CUDA the base module comes inside a device adapter that takes CPU batches; this is
+    the module inside it, for a wrapper that reads the network's layers and weights
+    (fhe mirrors them) rather than calling it. Anything else is returned as it is."""
+    if isinstance(module, _on_device_class()):
+        return cast("torch.nn.Module", module.module)
+    return module
+
+
 class Model:
     """A classifier under audit, as deployed.
 
@@ -191,6 +260,11 @@ class Model:
     :param name: a label for reports.
     :param source: provenance (file path, sha256, format) for the report.
     :param batch_size: rows per forward pass when the model evaluates a large array.
+
+    The module computes on the audit's device (:func:`gauntlet.device.current`): it is
+    moved there in place, and on CUDA its forward pass is wrapped so that it still takes
+    and returns CPU tensors. A model used after the device changed (made before the
+    audit chose CUDA, or used again after) moves its module at its next query.
     """
 
     def __init__(
@@ -230,9 +304,13 @@ class Model:
     def _compose(self) -> None:
         from gauntlet.serving import Served
 
+        # Every deployment of a module composes for the device current now: it is one per
+        # process, so models sharing a module never pull it two ways.
+        self._device = audit_device.current()
+        base = _placed(self._base, self._device)
         served: dict[int, Any] = {}
-        self._forward = _composed(self._base, self._layers, served, stand_ins=False)
-        self._gradient_path = _composed(self._base, self._layers, served, stand_ins=True)
+        self._forward = _composed(base, self._layers, served, stand_ins=False)
+        self._gradient_path = _composed(base, self._layers, served, stand_ins=True)
         self.access = min([self._base_access, *(layer.access for layer in self._layers)])
         for module in served.values():
             if not isinstance(module, Served):
@@ -251,6 +329,13 @@ class Model:
         self._gradient_values_served = all(m.gradient_values_served
                                            for m in served.values()) and \
             all(layer.eot == 1 for layer in self._layers)
+
+    def _follow_device(self) -> None:
+        """Compose again when the audit's device changed since this model was composed
+        (a Model passed to the audit, made before it chose CUDA), so the module computes
+        there and the paths fit it."""
+        if self._device != audit_device.current():
+            self._compose()
 
     def __repr__(self) -> str:
         return (
@@ -290,6 +375,7 @@ class Model:
         from torch import nn
 
         self._require(Access.GRADIENTS, "features")
+        self._follow_device()
         last = [m for m in self._base.modules() if isinstance(m, nn.Linear)]
         if not last:
             raise NotApplicable("needs the network's penultimate features (the input of "
@@ -305,12 +391,15 @@ class Model:
                 caught: list[torch.Tensor] = []
                 hook = layer.register_forward_hook(
                     lambda _m, inputs, _out: caught.append(inputs[0]))
+                # The network computes where it lives (the GPU on CUDA); the features come
+                # back to the batch's device, differentiably. No-ops on the CPU.
+                at = _tensor_device(self.net)
                 try:
-                    self.net(x)
+                    self.net(x if at is None else x.to(at))
                 finally:
                     hook.remove()
                 model.queries += int(x.shape[0])
-                return caught[-1].reshape(len(x), -1)
+                return caught[-1].reshape(len(x), -1).to(x.device)
 
         return Features().eval()
 
@@ -344,6 +433,7 @@ class Model:
         import torch.nn.functional as F
 
         self._require(Access.GRADIENTS, "gradients (loss_gradient)")
+        self._follow_device()
         self.queries += len(x)
         xb = _tensor(x).requires_grad_(True)
         logits = self._gradient_path(xb)
@@ -363,6 +453,7 @@ class Model:
         from torch import nn
 
         self._require(Access.GRADIENTS, "its torch module")
+        self._follow_device()
         model, path = self, self._gradient_path
 
         class Counting(nn.Module):
@@ -372,12 +463,24 @@ class Model:
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
                 model.queries += int(x.shape[0])
-                return self.path(x)  # type: ignore[no-any-return]
+                if x.device.type == "cpu":
+                    return self.path(x)  # type: ignore[no-any-return]
+                # A library computing on the GPU (ART with device_type="gpu") sends its
+                # batches there: the deployment takes them on the CPU, where its defense
+                # layers compute, and the logits go back to the batch's device.
+                return self.path(x.cpu()).to(x.device)  # type: ignore[no-any-return]
+
+            def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Counting:
+                # ART moves the module it is given to its device (``.to(device)``); the
+                # deployment's parts stay where the Model put them, or the defense layers,
+                # shared with the model's own paths, would move under them.
+                return self
 
         return Counting().eval()
 
     def to_art(self) -> Any:
-        """An ART ``PyTorchClassifier`` over :meth:`differentiable` (gradient access)."""
+        """An ART ``PyTorchClassifier`` over :meth:`differentiable` (gradient access), on
+        the GPU when the audit computes there."""
         import torch
         from art.estimators.classification import PyTorchClassifier
 
@@ -387,7 +490,7 @@ class Model:
             input_shape=self.input_shape,
             nb_classes=self.n_classes,
             clip_values=self.clip_values,
-            device_type="cpu",
+            device_type="gpu" if audit_device.current() == "cuda" else "cpu",
         )
 
     # -- what defenses use -----------------------------------------------------------
@@ -507,11 +610,13 @@ class Model:
     @property
     def served(self) -> Served | None:
         """The wrapper module that serves this model (None: served in the clear)."""
+        self._follow_device()
         return self._served
 
     def _not_rehearsing(self) -> None:
         from gauntlet.serving import Rehearsal
 
+        self._follow_device()
         if self._served is not None and self._served.recording is not None:
             raise Rehearsal("a rehearsal records answers only")
 
@@ -636,6 +741,7 @@ def _tensor(x: np.ndarray) -> torch.Tensor:
 def _logits(model: Model, x: np.ndarray) -> np.ndarray:
     import torch
 
+    model._follow_device()
     out = []
     with torch.no_grad():
         for start in range(0, len(x), model.batch_size):

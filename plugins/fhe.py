@@ -48,6 +48,7 @@ from gauntlet import (
     proportion,
 )
 from gauntlet.errors import ConfigError
+from gauntlet.model import network
 from gauntlet.plugins._fhe_summary import summary_lines
 from gauntlet.serving import Served
 
@@ -428,7 +429,9 @@ class FheDefense(Defense):
             if id(inner) not in cache:
                 with torch.random.fork_rng():  # the twin's initial weights, from the seed
                     torch.manual_seed(seed)
-                    twin, how = self._twin(inner, n_inputs, model.n_classes)
+                    # Mirrored from the network's own layers (on CUDA, ``inner`` is
+                    # the adapter that serves it CPU batches).
+                    twin, how = self._twin(network(inner), n_inputs, model.n_classes)
                 distill(twin, inner, dataset.x_train, steps=self.steps, seed=seed)
                 net = CkksNet(twin, self.poly_modulus_degree, self.scale_bits,
                               self.outer_bits)
