@@ -3,6 +3,7 @@
 Run as::
 
     /work/venv/bin/python bench/bench_fgsm.py [--data sklearn:digits|idx:DIR] [--repeat N]
+                                              [--device auto|cpu|cuda]
 
 In one process, on the same model, rows and batch size, it times
 
@@ -14,6 +15,9 @@ In one process, on the same model, rows and batch size, it times
 Each is run once to warm up, then ``--repeat`` rounds in rotating order (so drifting
 machine load hits all three alike). The table gives median times and ratios to (a); the
 goal is (c) at most 1.10x (a). Performance is measured here, never asserted in a test.
+
+``--device`` is the audit's device (:mod:`gauntlet.device`): the model is trained and
+computes there, and (a) runs its loop on the same device.
 """
 from __future__ import annotations
 
@@ -45,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--epochs", type=int, default=None,
                    help="training epochs of the built-in CNN (default 20 for digits, 1 else)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
+                   help="where the model trains and computes, for all three (default cpu)")
     return p.parse_args(argv)
 
 
@@ -82,10 +88,11 @@ def torch_loop(model: Any, x: np.ndarray, y: np.ndarray, eps: float, batch_size:
     # The base module itself, as a user holding the weights would write it (the core's
     # internal name for it; plugins reach the model only through the Model's methods).
     module, (low, high) = model._base, model.clip_values
+    at = next(module.parameters()).device  # the audit's device: the model lives there
     correct = 0
     for start in range(0, len(x), batch_size):
-        xb = torch.from_numpy(x[start : start + batch_size]).requires_grad_(True)
-        yb = torch.from_numpy(y[start : start + batch_size])
+        xb = torch.from_numpy(x[start : start + batch_size]).to(at).requires_grad_(True)
+        yb = torch.from_numpy(y[start : start + batch_size]).to(at)
         (grad,) = torch.autograd.grad(F.cross_entropy(module(xb), yb), xb)
         with torch.no_grad():
             x_adv = (xb + eps * grad.sign()).clamp(low, high)
@@ -124,9 +131,16 @@ def time_rounds(cases: dict[str, Callable[[], float]], repeat: int) -> dict[str,
 def main(argv: list[str] | None = None) -> None:
     import torch
 
+    from gauntlet import device
+    from gauntlet.errors import ConfigError
+
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        where = device.select(args.device)  # before the model is trained, as an audit does
+    except ConfigError as exc:
+        sys.exit(str(exc))
     registry, dataset, model, epochs = load(args)
     if "fgsm" not in registry.attacks or "robust_accuracy" not in registry.metrics:
         broken = "; ".join(f"{p.name}: {p.error}" for p in registry.broken)
@@ -146,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
               else f"first {len(x)} of {len(dataset.x_test)} test rows")
     print(f"FGSM eps={eps:g}, batch {bs}, data {args.data} ({source}, shape "
           f"{tuple(x.shape[1:])}); builtin:cnn trained {epochs} epochs; "
-          f"torch {torch.__version__} on CPU, {torch.get_num_threads()} threads; "
+          f"torch {torch.__version__} on {where.upper()}, {torch.get_num_threads()} CPU "
+          "threads; "
           f"{args.repeat} rounds after one warm-up")
     base = statistics.median(times["(a) torch loop"])
     base_min = min(times["(a) torch loop"])

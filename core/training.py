@@ -3,8 +3,9 @@ supervised training, PGD adversarial training (Madry et al., 2018), and training
 class at the end of every epoch (the training-order probe)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,30 +14,63 @@ if TYPE_CHECKING:
     import torch
 
 
+def device_of(module: torch.nn.Module) -> torch.device:
+    """Where ``module``'s parameters live (the CPU for a module without any): where its
+    batches go."""
+    import torch
+
+    for p in module.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def on_audit_device(module: torch.nn.Module) -> Iterator[torch.device]:
+    """Train ``module`` on the audit's device (:func:`gauntlet.device.current`): on CUDA,
+    a module elsewhere is moved there for the block and back after, so whoever holds it
+    finds it where it was (a recipe's fresh CPU module is stored and cached from the CPU;
+    a Model moves it again). Yields the device its batches go to. On the CPU nothing moves.
+    """
+    from gauntlet import device
+
+    home = device_of(module)
+    if device.current() != "cuda" or home.type == "cuda":
+        yield home
+        return
+    module.to("cuda")
+    try:
+        yield device_of(module)
+    finally:
+        module.to(home)
+
+
 def train_classifier(module: torch.nn.Module, x: np.ndarray, y: np.ndarray, seed: int, *,
                      epochs: int = 20, lr: float = 3e-3, batch_size: int = 64,
                      weight_decay: float = 0.0,
                      order: Callable[[torch.Generator], Any] | None = None) -> None:
     """Train ``module`` in place with Adam and cross-entropy; deterministic for a seed.
-    Each epoch visits the rows in ``order(generator)`` (default: a fresh permutation)."""
+    Each epoch visits the rows in ``order(generator)`` (default: a fresh permutation).
+    Trains on the audit's device (:func:`on_audit_device`)."""
     import torch
 
     gen = torch.Generator().manual_seed(int(seed))
     torch.manual_seed(int(seed))
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    module.train()
-    for _ in range(epochs):
-        rows = torch.randperm(len(xt), generator=gen) if order is None else \
-            torch.as_tensor(order(gen))
-        for start in range(0, len(xt), batch_size):
-            idx = rows[start : start + batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss_fn(module(xt[idx]), yt[idx]).backward()
-            opt.step()
-    module.eval()
+    with on_audit_device(module) as at:
+        opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+        loss_fn = torch.nn.CrossEntropyLoss()
+        module.train()
+        for _ in range(epochs):
+            # Row orders are drawn on the CPU whatever the device: the same for a seed.
+            rows = torch.randperm(len(xt), generator=gen) if order is None else \
+                torch.as_tensor(order(gen))
+            for start in range(0, len(xt), batch_size):
+                idx = rows[start : start + batch_size]
+                opt.zero_grad(set_to_none=True)
+                loss_fn(module(xt[idx].to(at)), yt[idx].to(at)).backward()
+                opt.step()
+        module.eval()
 
 
 def train_adversarial(module: torch.nn.Module, x: np.ndarray, y: np.ndarray, seed: int, *,
@@ -52,7 +86,8 @@ def train_adversarial(module: torch.nn.Module, x: np.ndarray, y: np.ndarray, see
     signed-gradient steps of ``step_size``, default ``2.5 * eps / steps`` as in the paper,
     each clipped to ``clip_values``), and Adam takes one cross-entropy step on them: the
     min-max objective's inner maximisation approximated by PGD. Same loop as
-    :func:`train_classifier` otherwise (Adam, shuffled minibatches, one seed for all draws).
+    :func:`train_classifier` otherwise (Adam, shuffled minibatches, one seed for all draws,
+    the audit's device).
     """
     import torch
     import torch.nn.functional as F
@@ -63,19 +98,20 @@ def train_adversarial(module: torch.nn.Module, x: np.ndarray, y: np.ndarray, see
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
     low, high = (float(v) for v in clip_values)
     alpha = float(step_size) if step_size is not None else 2.5 * eps / max(steps, 1)
-    opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
-    for _ in range(epochs):
-        order = torch.randperm(len(xt), generator=gen)
-        for start in range(0, len(xt), batch_size):
-            idx = order[start : start + batch_size]
-            xb, yb = xt[idx], yt[idx]
-            module.eval()  # the attack sees the model as it predicts (batch norm, dropout)
-            x_adv = pgd_linf(module, xb, yb, eps, alpha, steps, (low, high), gen)
-            module.train()
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(module(x_adv), yb).backward()
-            opt.step()
-    module.eval()
+    with on_audit_device(module) as at:
+        opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+        for _ in range(epochs):
+            order = torch.randperm(len(xt), generator=gen)
+            for start in range(0, len(xt), batch_size):
+                idx = order[start : start + batch_size]
+                xb, yb = xt[idx].to(at), yt[idx].to(at)
+                module.eval()  # the attack sees the model as it predicts (batch norm, dropout)
+                x_adv = pgd_linf(module, xb, yb, eps, alpha, steps, (low, high), gen)
+                module.train()
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(module(x_adv), yb).backward()
+                opt.step()
+        module.eval()
 
 
 def pgd_linf(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
@@ -84,13 +120,18 @@ def pgd_linf(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
     """PGD on ``module``'s cross-entropy from a uniform random start in the L-infinity
     ball of radius ``eps`` around ``x``: ``steps`` signed steps of ``alpha``, each clipped
     to the valid range and projected on the ball. Input gradients only (weights keep no
-    gradient from it). Returns a detached tensor."""
+    gradient from it). Computes on ``module``'s device; returns a detached tensor on
+    ``x``'s."""
     import torch
     import torch.nn.functional as F
 
     low, high = clip_values
+    home, at = x.device, device_of(module)
+    # The start is drawn on the CPU (``gen`` is a CPU generator): the same for a seed on
+    # any device.
     noise = (torch.rand(x.shape, generator=gen) * 2.0 - 1.0) * eps
-    x_adv = (x + noise).clamp(low, high)
+    x, y = x.to(at), y.to(at)
+    x_adv = (x + noise.to(at)).clamp(low, high)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = F.cross_entropy(module(x_adv), y)
@@ -98,7 +139,7 @@ def pgd_linf(module: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
         with torch.no_grad():
             x_adv = (x_adv + alpha * grad.sign()).clamp(low, high)
             x_adv = torch.min(torch.max(x_adv, x - eps), x + eps)
-    return x_adv.detach()
+    return x_adv.detach().to(home)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -263,32 +263,39 @@ def train_private(module: nn.Module, x: np.ndarray, y: np.ndarray, seed: int, *,
     deviation ``noise_multiplier * max_grad_norm`` added to their sum, Poisson-sampled
     minibatches of expected size ``batch_size`` (``ceil(n / batch_size)`` steps an
     epoch), Adam steps at ``lr``. Every draw comes from ``seed``; torch's global generator
-    is left as it was. Returns the budget ε the engine's ``accountant`` spent at
-    δ = 1e-5 (for checking :func:`privacy_budget`).
+    is left as it was. Trains on the audit's device
+    (:func:`gauntlet.training.on_audit_device`). Returns the budget ε the engine's
+    ``accountant`` spent at δ = 1e-5 (for checking :func:`privacy_budget`).
     """
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
 
+    from gauntlet.training import on_audit_device
+
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
-    with torch.random.fork_rng(), warnings.catch_warnings():
+    with torch.random.fork_rng(), warnings.catch_warnings(), \
+            on_audit_device(module) as at:
         for message in _OPACUS_NOISE:
             warnings.filterwarnings("ignore", message=message)
         torch.manual_seed(int(seed))  # Poisson sampling draws from the global generator
         loader = DataLoader(TensorDataset(xt, yt), batch_size=batch_size)
         optimizer = torch.optim.Adam(module.parameters(), lr=lr)
         engine = PrivacyEngine(accountant=accountant)
+        # opacus draws the noise on the gradients' device with this generator, which must
+        # be on that device too (the CPU's, as before, on the CPU). The loader's Poisson
+        # sampling stays on the CPU's global generator, seeded above.
         private, optimizer, loader = engine.make_private(
             module=module, optimizer=optimizer, data_loader=loader,
             noise_multiplier=float(noise_multiplier), max_grad_norm=float(max_grad_norm),
-            noise_generator=torch.Generator().manual_seed(int(seed)))
+            noise_generator=torch.Generator(device=at).manual_seed(int(seed)))
         loss_fn = nn.CrossEntropyLoss()
         private.train()
         for _ in range(epochs):
             for xb, yb in loader:
                 optimizer.zero_grad(set_to_none=True)
                 if len(xb):
-                    loss_fn(private(xb), yb).backward()
+                    loss_fn(private(xb.to(at)), yb.to(at)).backward()
                 optimizer.step()
         spent = float(engine.get_epsilon(1e-5)) if epochs else 0.0
         private.to_standard_module()  # hooks and per-example gradients removed

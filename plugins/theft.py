@@ -40,6 +40,7 @@ from gauntlet import (
     train_classifier,
 )
 from gauntlet.model import softmax
+from gauntlet.training import on_audit_device
 
 if TYPE_CHECKING:
     import torch
@@ -128,16 +129,17 @@ def fit(module: torch.nn.Module, x: np.ndarray, targets: np.ndarray, seed: int, 
     torch.manual_seed(int(seed))
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     pt = torch.as_tensor(np.asarray(targets), dtype=torch.float32)
-    opt = torch.optim.Adam(module.parameters(), lr=lr)
-    module.train()
-    for _ in range(epochs):
-        rows = torch.randperm(len(xt), generator=gen)
-        for start in range(0, len(xt), BATCH):
-            idx = rows[start:start + BATCH]
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(module(xt[idx]), pt[idx]).backward()
-            opt.step()
-    module.eval()
+    with on_audit_device(module) as at:  # as train_classifier: there and back
+        opt = torch.optim.Adam(module.parameters(), lr=lr)
+        module.train()
+        for _ in range(epochs):
+            rows = torch.randperm(len(xt), generator=gen)
+            for start in range(0, len(xt), BATCH):
+                idx = rows[start:start + BATCH]
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(module(xt[idx].to(at)), pt[idx].to(at)).backward()
+                opt.step()
+        module.eval()
 
 
 def _seed(rng: np.random.Generator) -> int:
