@@ -112,6 +112,11 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
         raise ConfigError("resume reuses finished cells from the content cache, which "
                           "this audit turns off (--no-cache)")
     chosen_device = device_mod.select(cfg.device)
+    if chosen_device == "cuda" and cfg.executor == "process" and not (
+            executor is not None and not isinstance(executor, str)):
+        raise ConfigError("executor 'process' forks its workers, and CUDA does not survive "
+                          "a fork; on a GPU use executor 'ray' (an actor per GPU) or "
+                          "'serial', or device 'cpu'")
     run_on = executor if executor is not None and not isinstance(executor, str) else \
         make_executor(cfg.executor, workers=cfg.workers, progress=progress,
                       memory_mb=cfg.worker_memory, address=cfg.ray_address,

@@ -275,8 +275,12 @@ def using(cache: Cache | None) -> Iterator[Cache | None]:
 def training_key(description: str, options: Mapping[str, Any], fit_key: str,
                  module: torch.nn.Module, x: np.ndarray, y: np.ndarray, seed: int) -> str:
     """The key of one recipe training (see the module docstring)."""
+    from gauntlet import device
+
     shapes = [(k, list(v.shape), str(v.dtype)) for k, v in module.state_dict().items()]
-    return digest({"layout": LAYOUT, "core": core_digest(), "recipe": description,
+    # The device too: CUDA kernels differ from the CPU's in the last bits.
+    return digest({"layout": LAYOUT, "core": core_digest(), "device": device.current(),
+                   "recipe": description,
                    "options": dict(options), "fit": fit_key,
                    "module": f"{type(module).__module__}.{type(module).__qualname__}",
                    "state": shapes, "data": array_digest(x, y), "seed": int(seed)})

@@ -31,6 +31,13 @@ def select(device: str) -> str:
     """Make ``device`` (resolved) this process's device; return it."""
     global _current
     _current = resolve(device)
+    if _current == "cuda":
+        import torch
+
+        # TF32 matrix products and convolutions move logits by about 1e-3 against the
+        # CPU's; full float32 keeps a GPU audit's numbers those of a CPU one.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     return _current
 
 

@@ -61,8 +61,9 @@ def folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def audit(digits, digits_model, folder):
     return gauntlet.audit(model=digits_model, data=digits, samples=60, seed=0, out=folder,
-                          cache=folder / "cache", attacks={"fgsm": {"eps": [0.1, 0.2]}, "pgd": {"eps": [0.1],
-                                                                        "max_iter": 5},
+                          cache=folder / "cache",
+                          attacks={"fgsm": {"eps": [0.1, 0.2]},
+                                   "pgd": {"eps": [0.1], "max_iter": 5},
                                    "noise": {"eps": [0.1, 0.2]}},
                           defenses=["none", "input-noise"])
 
