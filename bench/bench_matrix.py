@@ -8,7 +8,7 @@ Run as::
 
 **Executors.** In one process, on the demo's config (``gauntlet audit`` with no
 arguments: its model, data and every default attack and defense), it runs the whole
-matrix with the cache off
+matrix with a fresh cache
 
 (a) ``serial`` on one torch thread: the reference (one worker);
 (b) ``process`` with ``--workers`` worker processes, one torch thread each;
@@ -17,8 +17,9 @@ matrix with the cache off
 (d) ``serial`` on torch's default threads, as ``gauntlet audit`` runs by default.
 
 The model is trained once before the timed runs (it comes from the content cache), so
-every run times the cells alone. Every run must give (a)'s numbers exactly; the script
-checks. Throughput is cells per second; the goal is (b) and (c) at 2 workers at least
+every run times the cells alone. Every run must give (a)'s numbers exactly, fhe's cells
+aside (two serial runs differ there too: unseeded CKKS noise, and latency is a timing);
+the script checks. Throughput is cells per second; the goal is (b) and (c) at 2 workers at least
 1.8x (a).
 
 **Cache** (``--cache CONFIG``): runs ``gauntlet audit CONFIG`` as a user would (a new
@@ -104,7 +105,9 @@ def executors(args: argparse.Namespace) -> None:
             result = gauntlet.audit(config=cfg, executor=executor, workers=workers,
                                     cache=cells_dir, device=args.device)
             seconds = time.perf_counter() - start
-            got = {c["id"]: (c["status"], c["metrics"]) for c in result.cells}
+            # fhe's cells are not reproducible even serially (unseeded CKKS noise, timings)
+            got = {c["id"]: (c["status"], c["metrics"]) for c in result.cells
+                   if c["defense"] != "fhe"}
             same = "" if reference is None or threads != 1 else \
                 ("same numbers" if got == reference else "NUMBERS DIFFER")
             if reference is None:

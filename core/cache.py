@@ -153,8 +153,9 @@ def cell_key(base: str, cell: Cell, registry: Registry) -> str:
 
 
 class Cache:
-    """A cache folder: ``cells/`` (one JSON record per cell key) and ``models/`` (one
-    ``state_dict`` per training key), each entry written atomically."""
+    """A cache folder: ``cells/`` (one JSON record per cell key), ``models/`` (one
+    ``state_dict`` per training key) and ``charts/`` (the report's rendered charts, by
+    the results they draw), each entry written atomically."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
@@ -177,17 +178,31 @@ class Cache:
                 os.unlink(tmp)
             raise
 
-    # -- cells --------------------------------------------------------------------------
-    def get_cell(self, key: str) -> dict[str, Any] | None:
-        """The stored record of a cell, or None (absent or unreadable)."""
-        path = self._path("cells", key, ".json")
+    # -- plain data: cells, rendered charts -----------------------------------------------
+    def get_json(self, kind: str, key: str) -> Any:
+        """The value stored under ``kind/key``, or None (absent or unreadable)."""
+        path = self._path(kind, key, ".json")
         try:
-            record = json.loads(path.read_bytes())
+            return json.loads(path.read_bytes())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            log.warning("cache entry %s is unreadable (%s); the cell runs again", path, exc)
+            log.warning("cache entry %s is unreadable (%s); computing it again", path, exc)
             return None
+
+    def put_json(self, kind: str, key: str, value: Any) -> bool:
+        """Store ``value`` (plain data) under ``kind/key``; True when stored."""
+        data = json.dumps(value, default=str).encode()
+        try:
+            self._write(self._path(kind, key, ".json"), lambda f: f.write(data))
+        except OSError as exc:
+            log.warning("cannot write the cache at %s: %s", self.root, exc)
+            return False
+        return True
+
+    def get_cell(self, key: str) -> dict[str, Any] | None:
+        """The stored record of a cell, or None (absent or unreadable)."""
+        record = self.get_json("cells", key)
         return record if isinstance(record, dict) and record.get("status") in REUSABLE \
             else None
 
@@ -195,13 +210,7 @@ class Cache:
         """Store a cell's record; an error or timeout is not stored. True when stored."""
         if record.get("status") not in REUSABLE:
             return False
-        data = json.dumps(record, default=str).encode()
-        try:
-            self._write(self._path("cells", key, ".json"), lambda f: f.write(data))
-        except OSError as exc:
-            log.warning("cannot write the cache at %s: %s", self.root, exc)
-            return False
-        return True
+        return self.put_json("cells", key, record)
 
     # -- trained modules ---------------------------------------------------------------
     def load_module(self, key: str, module: torch.nn.Module) -> bool:

@@ -145,8 +145,12 @@ class CellResult:
 
     def to_dict(self, *, rows: bool = True) -> dict[str, Any]:
         """The record as plain data; ``rows=False`` for results.json."""
-        record = dataclasses.asdict(self)
-        if not rows:
+        # asdict copies recursively; the packed rows are most of a record and only
+        # strings below their second level, so they are copied two levels deep.
+        record = dataclasses.asdict(dataclasses.replace(self, rows={}))
+        if rows:
+            record["rows"] = {k: dict(v) for k, v in self.rows.items()}
+        else:
             del record["rows"]
         return record
 

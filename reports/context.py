@@ -10,8 +10,10 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+
+from markupsafe import Markup
 
 from gauntlet.reports import charts as charts_mod
 from gauntlet.reports.checklist import (
@@ -218,7 +220,8 @@ class PrivacyView:
 
 def _privacy(result: Mapping[str, Any]) -> PrivacyView | None:
     groups = [ChartGroup(key, title, text, charts, wide)
-              for key, title, text, build, wide in _PRIVACY_CHARTS if (charts := build(result))]
+              for key, title, text, build, wide in _PRIVACY_CHARTS
+              if (charts := _drawn(build, result))]
     rows, theft = privacy_rows(result), theft_rows(result)
     if not rows and not groups and not theft:
         return None
@@ -444,15 +447,62 @@ _PRIVACY_CHARTS = (
 )
 
 
+#: Results fields that change from run to run without changing what any chart draws.
+_VOLATILE = ("started", "duration_s", "run")
+
+
+def _drawn(build: Callable[[Mapping[str, Any]], Any], result: Mapping[str, Any]) -> Any:
+    """``build(result)`` (a chart builder), read from the audit's content cache when an
+    earlier run drew the same results with the same code: an unchanged re-run does not
+    draw its charts again (they were most of its time)."""
+    from gauntlet.cache import active, digest, source_digest
+
+    cache = active()
+    if cache is None:
+        return build(result)
+    content = {k: v for k, v in result.items() if k not in ("provenance", "config")}
+    content["provenance"] = {k: v for k, v in (result.get("provenance") or {}).items()
+                             if k not in _VOLATILE}
+    content["config"] = {k: v for k, v in (result.get("config") or {}).items()
+                         if k not in ("out", "source")}
+    key = digest({"chart": build.__name__, "charts": source_digest(charts_mod),
+                  "context": source_digest(_drawn), "result": content})
+    stored = cache.get_json("charts", key)
+    if stored is not None:
+        return _decode(stored)
+    built = build(result)
+    cache.put_json("charts", key, _encode(built))
+    return built
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, charts_mod.Chart):
+        return {"__chart__": [value.id, value.title, value.caption, str(value.svg)]}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict) and "__chart__" in value:
+        chart_id, title, caption, svg = value["__chart__"]
+        # Markup again: the chart code made this SVG (escaping what plugins named) and the
+        # cache folder is the auditor's own, as trusted as the installed code.
+        return charts_mod.Chart(chart_id, title, caption, Markup(svg))
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
 def _chart_groups(result: Mapping[str, Any]) -> list[ChartGroup]:
     groups = [ChartGroup(key, title, text, charts, wide)
               for key, title, text, build, wide in _CHART_GROUPS
-              if (charts := build(result))]
-    for i, (title, charts) in enumerate(charts_mod.histogram_charts(result)):
+              if (charts := _drawn(build, result))]
+    for i, (title, charts) in enumerate(_drawn(charts_mod.histogram_charts, result)):
         groups.append(ChartGroup(f"charts-hist-{i}", f"Probe predictions: {title}",
                                  "Predicted classes on the probe inputs; a tall single bar "
                                  "is a trash bucket class.", charts, True))
-    l2 = charts_mod.l2_charts(result)
+    l2 = _drawn(charts_mod.l2_charts, result)
     if l2:
         groups.append(ChartGroup("charts-l2", "Minimal-perturbation attacks: distance to flip",
                                  "Attacks without a budget find the smallest L2 change that "

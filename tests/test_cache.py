@@ -294,3 +294,27 @@ def test_train_cached_without_a_cache_just_trains():
     module = train_cached(recipe.build, recipe.fit, "d", {}, "", np.zeros((2, 4), np.float32),
                           np.zeros(2, int), 1)
     assert fits == [1] and isinstance(module, torch.nn.Linear)
+
+
+def test_the_reports_charts_are_drawn_once_per_results(digits, digits_model, tmp_path):
+    """An unchanged re-run draws no chart again (drawing was most of its time): the
+    charts come back from the cache, keyed by what they draw, not where or when."""
+    first = run(digits, digits_model, tmp_path / "cache", out=tmp_path / "a",
+                attacks={"counted": {"eps": [0.1, 0.2]}})
+    stored = [p for p in (tmp_path / "cache" / "charts").rglob("*.json")
+              if json.loads(p.read_text())]  # (a builder with nothing to draw: [])
+    assert stored, "no chart was stored"
+    entry = json.loads(stored[0].read_text())
+    first_svg = entry[0]["__chart__"][3]
+    entry[0]["__chart__"][3] = "<svg><!-- from the cache --></svg>"
+    stored[0].write_text(json.dumps(entry))
+    run(digits, digits_model, tmp_path / "cache", out=tmp_path / "b",
+        attacks={"counted": {"eps": [0.1, 0.2]}})
+    html = (tmp_path / "b" / "report.html").read_text()
+    assert "<!-- from the cache -->" in html and first_svg not in html
+    assert first_svg in (tmp_path / "a" / "report.html").read_text()
+    # another seed is other results: drawn afresh
+    run(digits, digits_model, tmp_path / "cache", out=tmp_path / "c", seed=1,
+        attacks={"counted": {"eps": [0.1, 0.2]}})
+    assert "<!-- from the cache -->" not in (tmp_path / "c" / "report.html").read_text()
+    assert first.cells

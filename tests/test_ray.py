@@ -88,16 +88,20 @@ def test_a_crash_and_a_hang_under_ray_are_error_cells(digits, digits_model):
 def test_the_demo_matrix_agrees_on_every_executor(one_thread):
     """The demo's config (its model, data, every default attack and defense), on fewer
     evaluated rows to keep CI's time: serial, a process pool of 2 and Ray with 2 actors
-    give every cell's status and every metric's value, n and interval identically."""
+    give every cell's status and every metric's value, n and interval identically.
+
+    Except under fhe, which two serial runs do not reproduce either: CKKS encryption
+    draws its noise from SEAL's own unseeded generator (a row near the boundary can
+    flip), and its latency cells are timings."""
     cfg = config_mod.demo()
     cfg.samples = 100
     runs = {}
     for executor in ("serial", "process", "ray"):
         result = gauntlet.audit(config=cfg, executor=executor, workers=2, cache=False)
         runs[executor] = {c["id"]: (c["status"], c["reason"], c["metrics"])
-                          for c in result.cells}
+                          for c in result.cells if c["defense"] != "fhe"}
     serial = runs["serial"]
-    assert len(serial) > 300 and sum(s == "ok" for s, _, _ in serial.values()) > 200
+    assert len(serial) > 250 and sum(s == "ok" for s, _, _ in serial.values()) > 200
     for executor in ("process", "ray"):
         assert list(runs[executor]) == list(serial)
         differ = [k for k in serial if runs[executor][k] != serial[k]]
