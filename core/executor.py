@@ -18,9 +18,9 @@ already holds) instead of running them.
 A cell's seeds depend on its points only, never on which cells ran before it or where,
 so every executor and worker count gives the numbers of a serial run on as many torch
 threads. Both pools schedule cells so a worker keeps to one defense (each defended model
-is built once per worker that needs it), and a deployment that rehearses (packs many
-cells' queries into one call, e.g. encrypted inference) stays with the worker that
-rehearsed it.
+is built once per worker that needs it); a deployment that rehearses (packs many cells'
+queries into one call, e.g. encrypted inference) has its cells split into one group per
+worker, each rehearsed and run by the worker that claimed it (:class:`_Plan`).
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from gauntlet.defense import Stage
 from gauntlet.errors import ConfigError, GauntletError
 from gauntlet.plan import Cell
 from gauntlet.results import CellResult
@@ -315,7 +316,12 @@ class _PoolExecutor:
               on_result: OnResult | None) -> None:
         timeout = runner.timeout
         slots = [_Slot() for _ in range(min(self.workers, len(pending)))]
-        pinned: dict[str, _Slot] = {}  # a rehearsed defense stays with its worker
+        # Serving wrappers first (encrypted inference: the costliest defense, and its
+        # rehearsal is split between workers below), then re-trained models, so the
+        # long work starts early and the short cells fill in around it.
+        first = {Stage.WRAPPER: 0, Stage.TRAINING: 1}
+        pending.sort(key=lambda i: first.get(cells[i].defense.stage, 2))
+        plan = _Plan(cells, pending, len(slots))
 
         def finish(slot: _Slot, result: CellResult) -> None:
             assert slot.cell is not None
@@ -334,38 +340,34 @@ class _PoolExecutor:
             result.traceback = traceback or None
             result.duration_s = round(time.perf_counter() - slot.started, 4)
             log.warning("cell %s failed: %s", cell.label, why)
-            for key, owner in list(pinned.items()):
-                if owner is slot:
-                    del pinned[key]
+            plan.release(slot)
             slot.handle, slot.defenses, slot.last = None, set(), ""
             finish(slot, result)
 
         try:
-            while pending or any(s.cell is not None for s in slots):
+            while plan.pending or any(s.cell is not None for s in slots):
                 for slot in slots:
-                    if slot.cell is not None or not pending:
+                    if slot.cell is not None or not plan.pending:
                         continue
-                    i = _pick(cells, pending, slot, slots, pinned)
+                    i = plan.pick(slot, slots)
                     if i is None:
                         continue
-                    pending.remove(i)
                     cell = cells[i]
                     if slot.handle is None:
                         slot.handle = self._start(runner, cells)
                     progress.start(cell)
                     slot.cell, slot.started = i, time.perf_counter()
-                    key = cell.defense_key
-                    if key not in slot.defenses:
-                        # Rehearse what is left of this defense (none for most).
-                        left = [i] + [j for j in pending if cells[j].defense_key == key]
+                    group = plan.take(i, slot)
+                    if group is not None:
+                        # Build the defense, and rehearse the group if it packs.
                         slot.phase = "prepare"
-                        slot.deadline = slot.started + (timeout * len(left) + GRACE_S
+                        slot.deadline = slot.started + (timeout * len(group) + GRACE_S
                                                         if timeout else float("inf"))
-                        self._send(slot.handle, "prepare", (i, left))
+                        self._send(slot.handle, "prepare", (i, group))
                     else:
                         self._begin_run(slot, i, timeout)
-                    slot.defenses.add(key)
-                    slot.last = key
+                    slot.defenses.add(cell.defense_key)
+                    slot.last = cell.defense_key
                 busy = [s for s in slots if s.cell is not None]
                 if not busy:
                     continue
@@ -382,8 +384,7 @@ class _PoolExecutor:
                     _emit(records)
                     assert slot.cell is not None
                     if method == "prepare":
-                        if value:
-                            pinned[cells[slot.cell].defense_key] = slot
+                        plan.prepared(slot, cells[slot.cell].defense_key, bool(value))
                         self._begin_run(slot, slot.cell, timeout)
                     else:
                         finish(slot, CellResult(**value))
@@ -415,21 +416,83 @@ def _record(cell: Cell) -> CellResult:
                       attack_params=cell.attack_params, attack_point=cell.attack_point)
 
 
-def _pick(cells: Sequence[Cell], pending: Sequence[int], slot: _Slot,
-          slots: Sequence[_Slot], pinned: Mapping[str, _Slot]) -> int | None:
-    """The next cell for a free worker: one of the defense it is on; else one of a
-    defense no other worker is on; else any not pinned to another live worker."""
-    free = [i for i in pending if pinned.get(cells[i].defense_key, slot) is slot]
-    if not free:
-        return None
-    for i in free:
-        if cells[i].defense_key == slot.last:
-            return i
-    taken = {cells[s.cell].defense_key for s in slots if s.cell is not None}
-    for i in free:
-        if cells[i].defense_key not in taken:
-            return i
-    return free[0]
+class _Plan:
+    """Which pending cell a free worker takes next.
+
+    A worker keeps to the defense it is on (each defended model is built once per
+    worker), else takes a defense no other worker is on, or a serving wrapper's. The
+    first time a worker meets a defense it prepares it (:meth:`Runner.prepare`) with a
+    *group* of that defense's pending cells, claimed for it: a deployment that packs
+    many cells' queries into one call (encrypted inference) rehearses the group, and the
+    group's cells then stay with that worker. A defense's cells are split into one group
+    per worker, so each rehearses its share in parallel (shares dealt round-robin). A
+    defense that turns out not to pack frees its groups.
+    """
+
+    def __init__(self, cells: Sequence[Cell], pending: list[int], workers: int) -> None:
+        self.cells, self.pending, self.workers = cells, pending, max(1, workers)
+        self.claimed: dict[int, _Slot] = {}  # cell -> the worker whose group it is in
+        self.packs: dict[str, bool] = {}  # defense key -> packs (known once prepared)
+        self.groups: dict[str, list[list[int]]] = {}  # defense key -> its shares
+
+    def pick(self, slot: _Slot, slots: Sequence[_Slot]) -> int | None:
+        """The next cell for ``slot`` (None: only other workers' groups are left)."""
+        cells = self.cells
+        mine = [i for i in self.pending if self.claimed.get(i) is slot]
+        if mine:
+            return mine[0]
+        free = [i for i in self.pending if i not in self.claimed]
+        if not free:
+            return None
+        for i in free:
+            if cells[i].defense_key == slot.last:
+                return i
+        taken = {cells[s.cell].defense_key for s in slots if s.cell is not None}
+        for i in free:
+            key = cells[i].defense_key
+            # A serving wrapper's cells are worth splitting: each worker rehearses a
+            # share at once (the pending list has them first).
+            if key not in taken or (cells[i].defense.stage is Stage.WRAPPER
+                                    and self.packs.get(key) is not False):
+                return i
+        return free[0]
+
+    def take(self, i: int, slot: _Slot) -> list[int] | None:
+        """Dispatch cell ``i`` to ``slot``: the group to prepare it with, or None when the
+        worker runs it at once (its group is rehearsed, or its defense does not pack and
+        the worker has built it)."""
+        self.pending.remove(i)
+        key = self.cells[i].defense_key
+        if self.claimed.pop(i, None) is slot:
+            return None  # rehearsed with its group
+        if self.packs.get(key) is False:
+            return None if key in slot.defenses else [i]
+        if key not in self.groups:
+            # Dealt round-robin, so each share mixes cheap and costly cells: a sweep's
+            # points, and the attacks that query most, land in every share.
+            same = [i] + [j for j in self.pending if self.cells[j].defense_key == key
+                          and j not in self.claimed]
+            self.groups[key] = [same[k::self.workers] for k in range(self.workers)]
+        group = next((g for g in self.groups[key] if i in g), [i])
+        group = [i] + [j for j in group if j != i and j in self.pending
+                       and j not in self.claimed]
+        for j in group[1:]:
+            self.claimed[j] = slot
+        return group
+
+    def prepared(self, slot: _Slot, key: str, packs: bool) -> None:
+        """``slot`` prepared defense ``key``; it rehearsed (packs) or not."""
+        self.packs[key] = packs
+        if not packs:  # nothing was rehearsed: any worker may run the group's cells
+            for j, owner in list(self.claimed.items()):
+                if owner is slot and self.cells[j].defense_key == key:
+                    del self.claimed[j]
+
+    def release(self, slot: _Slot) -> None:
+        """``slot``'s worker is gone: its claims go back to everyone."""
+        for j, owner in list(self.claimed.items()):
+            if owner is slot:
+                del self.claimed[j]
 
 
 def _signal_name(code: int) -> str:

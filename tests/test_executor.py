@@ -15,7 +15,7 @@ from conftest import plugin
 
 import gauntlet
 from gauntlet import Access, EvasionAttack
-from gauntlet.executor import ProcessExecutor, SerialExecutor, _pick, _Slot
+from gauntlet.executor import ProcessExecutor, SerialExecutor, _Plan, _Slot
 from gauntlet.plan import Selection, plan
 from gauntlet.registry import make_registry
 
@@ -162,13 +162,29 @@ def test_pool_results_equal_serial_results_on_a_mixed_matrix(digits, digits_mode
     assert not [c["id"] for c in pooled.cells if c["status"] == "error"]
 
 
-def test_the_scheduler_keeps_a_worker_to_its_defense(registry):
+def test_the_scheduler_keeps_a_worker_to_its_defense_and_splits_a_rehearsal(registry):
     cells = plan(registry, [Selection("none"), Selection("input-noise")],
-                 [Selection("noise-ok")])
-    pending = list(range(len(cells)))  # none: 0, 1; input-noise: 2, 3
-    a, b = _Slot(last=cells[2].defense_key), _Slot()
-    assert _pick(cells, pending, a, [a, b], {}) == 2  # the defense it is on
-    a.cell = 2
-    assert _pick(cells, [0, 1, 3], b, [a, b], {}) == 0  # a defense no one is on
-    # a rehearsed (pinned) defense is left to its worker
-    assert _pick(cells, [3], b, [a, b], {cells[3].defense_key: a}) is None
+                 [Selection(n) for n in ("segfaults", "aborts", "hogs", "hangs", "noise-ok")])
+    assert len(cells) == 12  # none: 0-5, input-noise: 6-11 (clean + 5 attacks each)
+    a, b = _Slot(), _Slot()
+    work = _Plan(cells, list(range(12)), workers=2)
+    assert work.pick(a, [a, b]) == 0
+    # The first worker on a defense prepares it with its share: half of its cells,
+    # dealt round-robin (a sweep's points and the costly attacks land in both shares).
+    assert work.take(0, a) == [0, 2, 4]
+    a.cell, a.last, a.defenses = 0, cells[0].defense_key, {cells[0].defense_key}
+    assert work.pick(b, [a, b]) == 6  # a defense no other worker is on
+    # Once a defense is known to pack (it rehearsed), its group stays with its worker ...
+    work.prepared(a, cells[0].defense_key, True)
+    a.cell = None
+    assert work.pick(a, [a, b]) == 2 and work.take(2, a) is None  # rehearsed: run at once
+    # ... and the rest of it is another worker's share, rehearsed there.
+    only_none = _Plan(cells, [3, 4, 5], workers=2)
+    assert only_none.take(3, b) == [3, 5]
+    assert only_none.pick(a, [a, b]) == 4
+    # A defense that does not pack frees its group: any worker may run those cells.
+    only_none.prepared(b, cells[3].defense_key, False)
+    assert only_none.pick(b, [a, b]) == 4
+    # A lost worker's claims go back to everyone.
+    work.release(a)
+    assert work.pick(b, [a, b]) == 1
