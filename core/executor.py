@@ -613,8 +613,15 @@ class ProcessExecutor(_PoolExecutor):
             return ""
         from gauntlet.results import short_paths
 
-        return short_paths("The worker's last Python stack (faulthandler):\n" + text) \
-            if text else ""
+        kept = []
+        for line in text.splitlines():
+            if line.startswith("Extension modules:"):  # a list of every native module
+                continue
+            kept.append(line)
+            if line.rstrip().endswith(" in _serve"):
+                break  # below it: the parent's frames the fork copied, not the worker's
+        return short_paths("The worker's last Python stack (faulthandler):\n"
+                           + "\n".join(kept).strip()) if text else ""
 
 
 @dataclasses.dataclass

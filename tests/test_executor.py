@@ -118,6 +118,10 @@ def test_crashing_plugins_become_error_cells_and_the_audit_completes(registry, d
         assert "SIGSEGV" in seg["reason"] and "new worker" in seg["reason"]
         # what the report shows: the worker's Python stack at the crash, our frame in it
         assert "test_executor.py" in seg["traceback"] and "generate" in seg["traceback"]
+        # the worker's own frames only: not the list of native modules, nor the parent's
+        # frames the fork copied
+        assert "Extension modules" not in seg["traceback"]
+        assert seg["traceback"].rstrip().endswith("in _serve")
         assert "SIGABRT" in cells[(defense, "aborts")]["reason"]
         hog = cells[(defense, "hogs")]
         assert hog["status"] == "error"
