@@ -21,7 +21,7 @@ from gauntlet.cache import Cache, base_identity, cell_key, default_dir, digest, 
 from gauntlet.checklist import as_json, checklist
 from gauntlet.dataset import Dataset
 from gauntlet.errors import ConfigError
-from gauntlet.executor import Executor, SerialExecutor, make_executor
+from gauntlet.executor import Executor, make_executor
 from gauntlet.loading import load_inputs
 from gauntlet.model import Model
 from gauntlet.plan import Cell, Selection, plan
@@ -112,11 +112,6 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
         raise ConfigError("resume reuses finished cells from the content cache, which "
                           "this audit turns off (--no-cache)")
     chosen_device = device_mod.select(cfg.device)
-    if chosen_device == "cuda" and cfg.executor == "process" and not (
-            executor is not None and not isinstance(executor, str)):
-        raise ConfigError("executor 'process' forks its workers, and CUDA does not survive "
-                          "a fork; on a GPU use executor 'ray' (an actor per GPU) or "
-                          "'serial', or device 'cpu'")
     run_on = executor if executor is not None and not isinstance(executor, str) else \
         make_executor(cfg.executor, workers=cfg.workers, progress=progress,
                       memory_mb=cfg.worker_memory, address=cfg.ray_address,
@@ -188,8 +183,7 @@ def _run(cfg: config_mod.AuditConfig, registry: Registry, cells: list[Cell], mod
     result["checklist"] = as_json(checklist(result, records))
     result["provenance"]["duration_s"] = round(time.perf_counter() - started, 2)
     result["provenance"]["run"] = {
-        "executor": getattr(executor, "kind", "serial") if not isinstance(
-            executor, SerialExecutor) else "serial",
+        "executor": getattr(executor, "kind", type(executor).__name__),
         "workers": getattr(executor, "workers", 1), "device": chosen_device,
         "cache": display_path(str(store_cache.root)) if store_cache is not None else None,
         "cells_reused": len(done), "cells_run": len(cells) - len(done)}

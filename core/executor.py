@@ -107,6 +107,8 @@ class SerialExecutor:
         file, CI); nothing when False.
     """
 
+    kind = "serial"
+
     def __init__(self, progress: bool = True) -> None:
         self.progress = progress
 
@@ -532,6 +534,12 @@ class ProcessExecutor(_PoolExecutor):
         self._crash_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def _setup(self, runner: Runner, cells: Sequence[Cell]) -> None:
+        from gauntlet import device
+
+        if device.current() == "cuda":  # before any worker forks
+            raise ConfigError("executor 'process' forks its workers, and CUDA does not "
+                              "survive a fork; on a GPU use executor 'ray' (an actor per "
+                              "GPU) or 'serial', or device 'cpu'")
         self._crash_dir = tempfile.TemporaryDirectory(prefix="gauntlet-workers-")
         self._count = 0
 

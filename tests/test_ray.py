@@ -3,16 +3,14 @@ actors and give the serial numbers, the demo matrix agrees value for value on al
 executors, and a crashing or hanging plugin is an error cell, as in the process pool."""
 from __future__ import annotations
 
-import ctypes
-import signal
 import time
 
 import pytest
 import torch
 from conftest import plugin
+from test_executor import HangsInNative, Segfaults
 
 import gauntlet
-from gauntlet import Access, EvasionAttack
 from gauntlet import config as config_mod
 from gauntlet.executor import RayExecutor
 from gauntlet.registry import make_registry
@@ -39,48 +37,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-class RaySegfaults(EvasionAttack):
-    """Reads address 0 through ctypes.
-
-    Test attack for crash isolation under Ray.
-    """
-
-    name = "ray-segfaults"
-    needs = Access.LABELS
-
-    def generate(self, model, x, y, rng):
-        ctypes.string_at(0)
-        return x
-
-
-class RayHangs(EvasionAttack):
-    """Sleeps in C with the timer's signal blocked.
-
-    Test attack for the timeout under Ray.
-    """
-
-    name = "ray-hangs"
-    needs = Access.LABELS
-
-    def generate(self, model, x, y, rng):
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-        ctypes.CDLL(None).sleep(600)
-        return x
-
-
 def test_a_crash_and_a_hang_under_ray_are_error_cells(digits, digits_model):
-    registry = make_registry(plugins={"raytest": plugin("raytest", RaySegfaults, RayHangs)})
+    # The process pool's crashing plugins; Ray ships their test module by value.
+    registry = make_registry(plugins={"raytest": plugin("raytest", Segfaults,
+                                                        HangsInNative)})
     start = time.perf_counter()
     result = gauntlet.audit(model=digits_model, data=digits, registry=registry, samples=30,
-                            seed=0, timeout=3, attacks=["ray-segfaults", "ray-hangs", "noise"],
+                            seed=0, timeout=3, attacks=["segfaults", "hangs", "noise"],
                             defenses=["none"], cache=False,
                             executor=RayExecutor(workers=2, progress=False))
     cells = {c["attack"]: c for c in result.cells if not c.get("derived")}
-    assert cells["ray-segfaults"]["status"] == "error"
-    assert "WorkerDied" in cells["ray-segfaults"]["reason"]
-    assert "Ray actor" in cells["ray-segfaults"]["reason"]
-    assert cells["ray-hangs"]["status"] == "error"
-    assert "CellTimeout" in cells["ray-hangs"]["reason"]
+    assert cells["segfaults"]["status"] == "error"
+    assert "WorkerDied" in cells["segfaults"]["reason"]
+    assert "Ray actor" in cells["segfaults"]["reason"]
+    assert cells["hangs"]["status"] == "error"
+    assert "CellTimeout" in cells["hangs"]["reason"]
     assert cells["noise"]["status"] == "ok" and cells["clean"]["status"] == "ok"
     assert time.perf_counter() - start < 300
 
