@@ -181,7 +181,11 @@ def test_output_defenses_hide_gradients(cls, digits, digits_model, x, rng):
             ask()
     p = defended.predict(x)
     assert p.shape == (len(x), 10) and defended.queries == len(x)
-    np.testing.assert_array_equal(defended.labels(x[:20]), p[:20].argmax(axis=1))
+    # The same draws for both (confidence-noise is randomised: unseeded, a row near a
+    # tie flips between two calls, as CI saw under another test order).
+    torch.manual_seed(3)
+    labels = defended.labels(x[:20])
+    np.testing.assert_array_equal(labels, seeded_predict(defended, x[:20], 3).argmax(axis=1))
     # Stacked on a labels-only deployment, the access stays labels only.
     labels_only = digits_model.deploy(access=Access.LABELS)
     assert cls().apply(labels_only, digits, rng).access is Access.LABELS
