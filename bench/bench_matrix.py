@@ -73,6 +73,7 @@ def executors(args: argparse.Namespace) -> None:
 
     import gauntlet
     from gauntlet import config as config_mod
+    from gauntlet.device import limit_threads
 
     cfg = config_mod.demo()
     cfg.samples = args.samples
@@ -98,7 +99,9 @@ def executors(args: argparse.Namespace) -> None:
         rows: list[dict[str, Any]] = []
         reference: dict[str, Any] | None = None
         for executor, workers, threads in runs:
-            torch.set_num_threads(threads)
+            # One thread means torch's and the BLAS/OpenMP pools' (numpy, scipy,
+            # scikit-learn, TenSEAL), as each pool worker holds itself to.
+            restore = limit_threads(threads)
             cells_dir = tempfile.mkdtemp(dir=cache)
             _share_models(cache, cells_dir)
             start = time.perf_counter()
@@ -115,7 +118,7 @@ def executors(args: argparse.Namespace) -> None:
             n = sum(not c.get("derived") for c in result.cells)
             rows.append({"run": f"{executor} x{workers}, {threads} thread(s)/worker",
                          "cells": n, "s": seconds, "cells/s": n / seconds, "check": same})
-        torch.set_num_threads(default_threads)
+            restore()
         if "ray" in names:
             ray.shutdown()
     base = rows[0]["cells/s"]

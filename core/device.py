@@ -7,6 +7,9 @@ device its module lives on.
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 from gauntlet.errors import ConfigError
 
 _current = "cpu"
@@ -44,3 +47,37 @@ def select(device: str) -> str:
 def current() -> str:
     """This process's device: ``cpu`` unless :func:`select` chose ``cuda``."""
     return _current
+
+
+#: Environment variables that size the native thread pools a library starts when it loads.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def limit_threads(n: int) -> Callable[[], None]:
+    """Hold this process to ``n`` CPU threads: torch's, and the BLAS and OpenMP pools
+    that numpy, scipy and scikit-learn loaded (through threadpoolctl), and, through the
+    environment, those of libraries loaded later. Plugins that start native threads of
+    their own (TenSEAL) size them by ``torch.get_num_threads()``.
+
+    torch's setting alone is not enough: two pool workers on two cores each ran
+    scikit-learn's BLAS on both cores, and a logistic regression took 3x as long beside
+    another one as alone (1.05x with one thread each)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    n = max(1, int(n))
+    before = torch.get_num_threads(), {k: os.environ.get(k) for k in THREAD_VARIABLES}
+    torch.set_num_threads(n)
+    pools = threadpool_limits(limits=n)  # in force until restored, not only in a block
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(n)
+
+    def restore() -> None:
+        torch.set_num_threads(before[0])
+        pools.restore_original_limits()
+        for name, value in before[1].items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return restore

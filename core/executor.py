@@ -174,9 +174,9 @@ class _Worker:
 
     def __init__(self, runner: Runner, cells: Sequence[Cell], threads: int, level: int,
                  cache_root: str | None = None, device: str | None = None) -> None:
-        import torch
+        from gauntlet.device import limit_threads
 
-        torch.set_num_threads(max(1, threads))
+        limit_threads(threads)
         self.runner, self.cells = runner, cells
         self.captured = _Captured()
         root = logging.getLogger()

@@ -191,8 +191,10 @@ class CkksNet:
         self.poly_degree = poly_degree
         self.slots = poly_degree // 2
         self.n_inputs = twin[1].in_features if isinstance(twin[1], nn.Linear) else None
+        # SEAL's threads follow the audit's budget (one per pool worker), not every core.
         self.context = ts.context(ts.SCHEME_TYPE.CKKS, poly_degree,
-                                  coeff_mod_bit_sizes=self.modulus)
+                                  coeff_mod_bit_sizes=self.modulus,
+                                  n_threads=torch.get_num_threads())
         self.context.global_scale = 2.0 ** scale_bits
         self.context.generate_relin_keys()  # squares need them; no rotation keys needed
         #: Seconds, upload bytes and download bytes of the first full batch served.
