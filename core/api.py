@@ -17,6 +17,7 @@ from typing import Any
 
 from gauntlet import config as config_mod
 from gauntlet import device as device_mod
+from gauntlet import memo
 from gauntlet.cache import Cache, base_identity, cell_key, default_dir, digest, using
 from gauntlet.checklist import as_json, checklist
 from gauntlet.dataset import Dataset
@@ -25,7 +26,7 @@ from gauntlet.executor import Executor, make_executor
 from gauntlet.loading import load_inputs
 from gauntlet.model import Model
 from gauntlet.plan import Cell, Selection, plan
-from gauntlet.provenance import fingerprint, skeleton
+from gauntlet.provenance import fingerprint, now_iso, skeleton
 from gauntlet.registry import Registry, budget, make_registry
 from gauntlet.results import AuditResult, CellResult, display_path
 from gauntlet.rows import WORST_CASE, worst_case_cells
@@ -92,6 +93,20 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
         cfg.attacks = _as_selections(attacks)
     if defenses is not None:
         cfg.defenses = _as_selections(defenses)
+    store_cache = None if cfg.cache is False else \
+        Cache(default_dir() if cfg.cache is True else cfg.cache)
+    if resume and store_cache is None:
+        raise ConfigError("resume reuses finished cells from the content cache, which "
+                          "this audit turns off (--no-cache)")
+    memo_key = None
+    if store_cache is not None and registry is None and on_cell is None and \
+            _replayable(model, data, executor, cfg):
+        memo_key = memo.audit_key(cfg)
+        with using(store_cache):  # the report's charts are in it too
+            replayed = None if memo_key is None else _replay(cfg, store_cache, memo_key,
+                                                              out, config)
+        if replayed is not None:
+            return replayed
     registry = registry or make_registry()
     registry.check_conflicts()
     if registry.broken:
@@ -106,11 +121,6 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
         defense_sel = [Selection("none")]
     cells = plan(registry, defense_sel, attack_sel)  # validates names and parameters
 
-    store_cache = None if cfg.cache is False else \
-        Cache(default_dir() if cfg.cache is True else cfg.cache)
-    if resume and store_cache is None:
-        raise ConfigError("resume reuses finished cells from the content cache, which "
-                          "this audit turns off (--no-cache)")
     chosen_device = device_mod.select(cfg.device)
     run_on = executor if executor is not None and not isinstance(executor, str) else \
         make_executor(cfg.executor, workers=cfg.workers, progress=progress,
@@ -118,12 +128,13 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
                       gpus=1.0 if chosen_device == "cuda" else 0.0)
     with using(store_cache):
         return _run(cfg, registry, cells, model, data, out, config, on_cell, run_on,
-                    store_cache, chosen_device)
+                    store_cache, chosen_device, memo_key)
 
 
 def _run(cfg: config_mod.AuditConfig, registry: Registry, cells: list[Cell], model: Any,
          data: Any, out: Any, config: Any, on_cell: Callable[[CellResult], None] | None,
-         executor: Executor, store_cache: Cache | None, chosen_device: str) -> AuditResult:
+         executor: Executor, store_cache: Cache | None, chosen_device: str,
+         memo_key: str | None = None) -> AuditResult:
     """Load the inputs, run the cells the cache does not hold, write the results."""
     passed_model = model is not None and not isinstance(model, str)
     inputs = load_inputs(registry, cfg, model=model if passed_model else None,
@@ -190,6 +201,53 @@ def _run(cfg: config_mod.AuditConfig, registry: Registry, cells: list[Cell], mod
     audit_result = AuditResult(result, registry, rows={c.id: c.rows for c in cell_results})
     if store is not None:
         audit_result.write_report(store.folder / "report.html")
+    if memo_key is not None and store_cache is not None:
+        memo.remember(store_cache, memo_key, audit_result, keys, audit_result.sections())
+    return audit_result
+
+
+def _replayable(model: Any, data: Any, executor: Any, cfg: config_mod.AuditConfig) -> bool:
+    """Whether this audit's inputs are all named (specs, files), so that it can be
+    replayed whole (:mod:`gauntlet.memo`); an executor that would fail to start is left to
+    fail as it would."""
+    import importlib.util
+
+    if not isinstance(model, (str, type(None))) or not isinstance(data, (str, type(None))):
+        return False
+    if executor is not None and not isinstance(executor, str):
+        return False
+    if cfg.executor not in ("serial", "process", "ray"):
+        return False
+    return cfg.executor != "ray" or importlib.util.find_spec("ray") is not None
+
+
+def _replay(cfg: config_mod.AuditConfig, store_cache: Cache, key: str, out: Any,
+            config: Any) -> AuditResult | None:
+    """The remembered audit under ``key``, written out as this run's; None if there is
+    none (or a cell of it has left the cache)."""
+    started = time.perf_counter()
+    found = memo.replay(store_cache, key)
+    if found is None:
+        return None
+    result, records, sections = found
+    log.info("all %d cells of this unchanged audit come from the cache at %s",
+             len(records), store_cache.root)
+    prov = result["provenance"]
+    prov["started"] = now_iso()
+    result["config"] = cfg.to_dict()
+    if out is not None or config is not None:
+        store = Store(Path(cfg.out), fingerprint(result))
+        for cell in result["cells"]:
+            if cell["id"] in records:
+                store.append(records[cell["id"]])
+    prov["duration_s"] = round(time.perf_counter() - started, 2)
+    prov["run"] = {"executor": "replayed", "workers": None, "device": prov["run"]["device"],
+                   "cache": display_path(str(store_cache.root)),
+                   "cells_reused": len(records), "cells_run": 0}
+    audit_result = AuditResult(result, rows={i: r.get("rows") or {} for i, r in records.items()},
+                               sections=sections)
+    if out is not None or config is not None:
+        audit_result.write_report(Path(cfg.out) / "report.html")
     return audit_result
 
 
@@ -197,12 +255,14 @@ def _check_arguments(model: Any, data: Any, config: Any) -> Any:
     """Raise ConfigError for an argument of a type audit() cannot use; return ``model``
     with a path turned into a spec string."""
     import os
-
-    import torch
+    import sys
 
     if isinstance(model, os.PathLike):
         model = os.fspath(model)
-    if model is not None and not isinstance(model, (str, Model, torch.nn.Module)):
+    # A torch module can only exist once torch is imported: no need to import it here.
+    torch = sys.modules.get("torch")
+    module_type = (torch.nn.Module,) if torch is not None else ()
+    if model is not None and not isinstance(model, (str, Model, *module_type)):
         raise ConfigError(f"model must be a spec string ('builtin:cnn' or a model file), a "
                           f"gauntlet.Model or a torch.nn.Module, got {type(model).__name__}")
     if data is not None and not isinstance(data, (str, Dataset)):

@@ -25,6 +25,11 @@ LIBRARIES = ("torch", "torchvision", "adversarial-robustness-toolbox", "numpy", 
              "scikit-learn", "pluggy", "jinja2", "matplotlib")
 
 
+def now_iso() -> str:
+    """This moment in UTC, to the second (provenance's ``started``)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def versions() -> dict[str, str]:
     """The installed version of each library whose behaviour decides an audit's numbers."""
     import importlib.metadata as md
@@ -101,7 +106,7 @@ def skeleton(cfg: AuditConfig, registry: Registry, model: Model, dataset: Datase
         "provenance": {
             "gauntlet": gauntlet.__version__, "python": platform.python_version(),
             "platform": platform.platform(), "libraries": versions(), "seed": cfg.seed,
-            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "started": now_iso(),
             "model": model_info,
             "data": {"name": dataset.name, "spec": data_spec, "n_train": len(dataset.x_train),
                      "n_test": len(dataset.x_test), "n_eval": len(evaluated.x_test),

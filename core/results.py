@@ -257,13 +257,16 @@ class AuditResult:
     :param result: the results.json object.
     :param registry: the plugins, for their report sections.
     :param rows: per-row results by cell id (packed, as in cells.jsonl).
+    :param sections: the plugins' report sections, when already made.
     """
 
     def __init__(self, result: dict[str, Any], registry: Registry | None = None,
-                 rows: Mapping[str, dict[str, Any]] | None = None) -> None:
+                 rows: Mapping[str, dict[str, Any]] | None = None,
+                 sections: list[dict[str, str]] | None = None) -> None:
         self.result = result
         self._registry = registry
         self._rows = dict(rows or {})
+        self._sections = sections
 
     @property
     def cells(self) -> list[dict[str, Any]]:
@@ -294,10 +297,12 @@ class AuditResult:
         return None
 
     def sections(self) -> list[dict[str, str]]:
-        """Extra report sections from plugins; a plugin that raises is skipped."""
-        if self._registry is None:
-            return []
-        return self._registry.report_sections(self.result)
+        """Extra report sections from plugins; a plugin that raises is skipped. Computed
+        once (or given: a replayed audit's, :mod:`gauntlet.memo`)."""
+        if self._sections is None:
+            self._sections = [] if self._registry is None else \
+                self._registry.report_sections(self.result)
+        return self._sections
 
     def write_report(self, path: str | Path) -> Path:
         """Write report.html and, beside it, results.json and results.csv.
