@@ -73,8 +73,8 @@ def limit_threads(n: int) -> Callable[[], None]:
         os.environ[name] = str(n)
 
     def restore() -> None:
+        pools.restore_original_limits()  # first: torch's OpenMP pool is one of them
         torch.set_num_threads(before[0])
-        pools.restore_original_limits()
         for name, value in before[1].items():
             if value is None:
                 os.environ.pop(name, None)

@@ -222,3 +222,27 @@ def test_an_audit_on_cuda_gives_the_cpu_numbers(digits, digits_model, on_cpu_aft
     assert (cpu["status"] == "ok").any()
     np.testing.assert_allclose(cuda["value"].to_numpy(float), cpu["value"].to_numpy(float),
                                rtol=0, atol=1e-4, equal_nan=True)
+
+
+def test_limit_threads_holds_torch_blas_and_openmp_to_the_budget_and_restores_them(
+        monkeypatch):
+    import os
+
+    import sklearn.linear_model  # noqa: F401 - loads scikit-learn's OpenMP and scipy's BLAS
+    from threadpoolctl import threadpool_info
+
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    torch.set_num_threads(2)
+    before = {(p["filepath"], p["num_threads"]) for p in threadpool_info()}
+    restore = device.limit_threads(1)
+    try:
+        assert torch.get_num_threads() == 1
+        pools = threadpool_info()
+        assert pools and all(p["num_threads"] == 1 for p in pools)
+        assert {p["internal_api"] for p in pools} >= {"openblas", "openmp"}
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "1"  # for libraries loaded later
+    finally:
+        restore()
+    assert torch.get_num_threads() == 2
+    assert {(p["filepath"], p["num_threads"]) for p in threadpool_info()} == before
+    assert "OPENBLAS_NUM_THREADS" not in os.environ
