@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import faulthandler
+import gc
 import logging
 import os
 import signal
@@ -257,6 +258,7 @@ class _Slot:
     deadline: float = float("inf")
     defenses: set[str] = dataclasses.field(default_factory=set)
     last: str = ""
+    backward: bool = False  # takes its defense's cells last first (see _loop)
 
 
 class _PoolExecutor:
@@ -317,7 +319,11 @@ class _PoolExecutor:
               results: dict[int, CellResult], progress: _Progress,
               on_result: OnResult | None) -> None:
         timeout = runner.timeout
-        slots = [_Slot() for _ in range(min(self.workers, len(pending)))]
+        # Every other worker walks its defense's cells from the end: the workers then
+        # meet a training that several defenses share (a poisoned model, shadow models)
+        # at different times, so one trains it while the other runs cells instead of
+        # waiting on its lock, and finds it in the cache when it gets there.
+        slots = [_Slot(backward=k % 2 == 1) for k in range(min(self.workers, len(pending)))]
         # Serving wrappers first (encrypted inference: the costliest defense, and its
         # rehearsal is split between workers below), then re-trained models, so the
         # long work starts early and the short cells fill in around it.
@@ -446,7 +452,7 @@ class _Plan:
         free = [i for i in self.pending if i not in self.claimed]
         if not free:
             return None
-        for i in free:
+        for i in reversed(free) if slot.backward else free:
             if cells[i].defense_key == slot.last:
                 return i
         taken = {cells[s.cell].defense_key for s in slots if s.cell is not None}
@@ -562,7 +568,18 @@ class ProcessExecutor(_PoolExecutor):
             # Python 3.12 warns that forking a process with threads (torch's pool) may
             # deadlock; the worker only computes on its own thread (set_num_threads(1)).
             warnings.simplefilter("ignore", DeprecationWarning)
-            process.start()
+            # The worker must never finalise the parent's garbage: a TenSEAL context left
+            # over from an earlier audit in this process, freed in a child, joins
+            # threads that only the parent had, and the worker hangs for ever (a serial
+            # then a process audit in one session did). So the parent collects it first,
+            # and what survives is frozen, out of the child's collections (this also
+            # spares the copy-on-write of every object the collector would touch).
+            gc.collect()
+            gc.freeze()
+            try:
+                process.start()
+            finally:
+                gc.unfreeze()
         child.close()
         return _ProcessHandle(process, parent, crash)
 
@@ -678,18 +695,28 @@ class RayExecutor(_PoolExecutor):
                 options["address"] = self.address
             else:
                 options["num_cpus"] = self._asked or default_workers()
-            log.info("starting Ray%s", f" at {self.address}" if self.address else
-                     " locally")
+            log.info("%s", f"connecting to the Ray cluster at {self.address}" if self.address
+                     else "starting a local Ray")
             logging.getLogger("ray").setLevel(logging.ERROR)
             try:
                 ray.init(**options)
             except Exception as exc:  # noqa: BLE001 - an unreachable cluster is bad input
+                text = f"{type(exc).__name__}: {exc}"
+                hint = ("; the cluster wants an authentication token: set RAY_AUTH_TOKEN "
+                        "to its token (ray get-auth-token on the head machine)"
+                        if "auth" in text.lower() else "")
                 raise ConfigError(f"cannot start or reach Ray"
                                   f"{' at ' + self.address if self.address else ''}: "
-                                  f"{type(exc).__name__}: {exc}") from None
+                                  f"{text}{hint}") from None
             self._started_ray = True
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         if not self._asked:
-            self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            self.workers = cpus
+        elif self.workers * self.threads > cpus:
+            # An actor holds its CPUs while it lives: extra ones would wait for ever.
+            log.warning("the Ray cluster has %d CPUs, fewer than the %d workers asked "
+                        "for; running %d", cpus, self.workers, max(1, cpus // self.threads))
+            self.workers = max(1, cpus // self.threads)
         _pickle_plugins_by_value(cells)
         self._runner_ref = ray.put(runner)
         self._cells_ref = ray.put(list(cells))
