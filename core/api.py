@@ -94,7 +94,7 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     if defenses is not None:
         cfg.defenses = _as_selections(defenses)
     store_cache = None if cfg.cache is False else \
-        Cache(default_dir() if cfg.cache is True else cfg.cache)
+        _usable(Cache(default_dir() if cfg.cache is True else cfg.cache))
     if resume and store_cache is None:
         raise ConfigError("resume reuses finished cells from the content cache, which "
                           "this audit turns off (--no-cache)")
@@ -204,6 +204,26 @@ def _run(cfg: config_mod.AuditConfig, registry: Registry, cells: list[Cell], mod
     if memo_key is not None and store_cache is not None:
         memo.remember(store_cache, memo_key, audit_result, keys, audit_result.sections())
     return audit_result
+
+
+def _usable(cache: Cache) -> Cache:
+    """``cache``, once its folder exists and can be written; else a ConfigError (a file
+    given as the folder, a read-only place), not a warning on every entry."""
+    import os
+
+    root = cache.root
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"the cache folder {root} is a file; give a folder (--cache DIR) "
+                          "or turn the cache off (--no-cache)")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot make the cache folder {root}: {exc.strerror or exc}; "
+                          "give another (--cache DIR) or turn it off (--no-cache)") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"the cache folder {root} cannot be written; give another "
+                          "(--cache DIR) or turn it off (--no-cache)")
+    return cache
 
 
 def _replayable(model: Any, data: Any, executor: Any, cfg: config_mod.AuditConfig) -> bool:

@@ -125,6 +125,16 @@ def test_bad_flag(args, fragments, tmp_path, capsys):
     assert_bad_input(code, err, *fragments)
 
 
+def test_cache_folder_that_is_a_file_or_cannot_be_made(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    code, err = run(capsys, "audit", "--cache", str(tmp_path / "a-file"), "--samples", "5",
+                    "--out", str(tmp_path / "o"))
+    assert_bad_input(code, err, "the cache folder", "a-file", "is a file")
+    code, err = run(capsys, "audit", "--cache", str(tmp_path / "a-file" / "below"),
+                    "--samples", "5", "--out", str(tmp_path / "o"))
+    assert_bad_input(code, err, "cannot make the cache folder", "below")
+
+
 def test_unknown_command(capsys):
     assert_bad_input(*run(capsys, "frobnicate"), "invalid choice: 'frobnicate'")
 
