@@ -271,6 +271,10 @@ def check(cfg: AuditConfig) -> AuditConfig:
         raise ConfigError(f"cache must be true, false or a folder, got {cfg.cache!r}")
     for key in ("model", "data", "out", "title", "ray_address"):
         _expect(getattr(cfg, key), str, key)
+    if cfg.ray_address and cfg.executor != "ray":  # a cluster named, then run serially
+        raise ConfigError(f"ray_address (--ray-address) names a Ray cluster, but the "
+                          f"executor is {cfg.executor!r}: add --executor ray (executor = "
+                          f"\"ray\")")
     for key in ("model", "data", "out"):
         if not getattr(cfg, key).strip():
             raise ConfigError(f"{key} must not be empty")

@@ -437,7 +437,8 @@ class Model:
         self.queries += len(x)
         xb = _tensor(x).requires_grad_(True)
         logits = self._gradient_path(xb)
-        loss = F.cross_entropy(logits, torch.as_tensor(np.asarray(y, dtype=np.int64)))
+        # A copy: labels from Ray's object store are read-only, which torch warns about.
+        loss = F.cross_entropy(logits, torch.as_tensor(np.array(y, dtype=np.int64)))
         # autograd.grad asks for the input's gradient only: no weight gradient is computed.
         (grad,) = torch.autograd.grad(loss, xb)
         if not self._gradient_values_served:

@@ -112,6 +112,8 @@ FLAG_CASES = {
                                ["no model loader understands 'builtin:resnet'"]),
     "negative workers": (["--workers", "-1"], ["workers must be an integer >= 0"]),
     "unknown executor": (["--executor", "threads"], ["invalid choice: 'threads'"]),
+    "cluster without ray": (["--ray-address", "10.0.0.1:6379", "--samples", "5"],
+                            ["--ray-address", "names a Ray cluster", "--executor ray"]),
     "cache both ways": (["--cache", "x", "--no-cache", "--samples", "5"],
                         ["--cache and --no-cache contradict each other"]),
     "unknown scikit-learn set": (["--data", "sklearn:mnist"],
