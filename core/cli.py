@@ -23,9 +23,9 @@ log = logging.getLogger("gauntlet")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        # argparse's own usage errors are bad input too: exit 2, one clear line.
-        self.print_usage(sys.stderr)
-        print(f"gauntlet: error: {message}", file=sys.stderr)
+        # argparse's own usage errors are bad input too: exit 2, one clear line (the
+        # usage block it would print first is ten lines of every flag).
+        print(f"gauntlet: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
 

@@ -133,7 +133,8 @@ def load_inputs(registry: Registry, cfg: AuditConfig, *, model: Any = None,
         the_model = wrap_module(model, dataset)
     else:
         log.info("loading model %s%s", cfg.model,
-                 " (trains now)" if cfg.model.startswith("builtin:") else "")
+                 " (trained now unless the content cache holds it)"
+                 if cfg.model.startswith("builtin:") else "")
         the_model = load_model(registry, cfg.model, cfg.model_options, dataset, cfg.seed)
     check_fit(the_model, dataset)
     return Inputs(the_model, dataset, dataset.subsample_test(cfg.samples, cfg.seed))

@@ -145,6 +145,15 @@ def test_unknown_flag_is_one_line(capsys):
     assert_bad_input(*run(capsys, "audit", "--frobnicate"), "unrecognized arguments")
 
 
+@pytest.mark.parametrize("args", [["--executor", "foo"], ["--device", "foo"],
+                                  ["--workers", "abc"], ["--frobnicate"]])
+def test_a_usage_error_is_one_line_with_no_usage_block(args, capsys):
+    code, err = run(capsys, "audit", *args)
+    assert code == 2
+    assert err.strip().splitlines() == [err.strip()]  # not argparse's usage block first
+    assert err.startswith("gauntlet: error: ") and " --help)" in err
+
+
 # -- model and data files --------------------------------------------------------------------
 @pytest.fixture
 def weights(tmp_path):
