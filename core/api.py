@@ -122,6 +122,10 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     cells = plan(registry, defense_sel, attack_sel)  # validates names and parameters
 
     chosen_device = device_mod.select(cfg.device)
+    if cfg.worker_memory and getattr(executor, "kind", cfg.executor) != "process":
+        log.warning("worker_memory (--worker-memory) caps process-pool workers only; "
+                    "this audit runs on executor %r, which ignores it",
+                    getattr(executor, "kind", cfg.executor))
     run_on = executor if executor is not None and not isinstance(executor, str) else \
         make_executor(cfg.executor, workers=cfg.workers, progress=progress,
                       memory_mb=cfg.worker_memory, address=cfg.ray_address,

@@ -192,3 +192,21 @@ def test_the_scheduler_keeps_a_worker_to_its_defense_and_splits_a_rehearsal(regi
     # A lost worker's claims go back to everyone.
     work.release(a)
     assert work.pick(b, [a, b]) == 1
+
+
+def test_worker_memory_on_an_executor_that_ignores_it_is_said(digits, caplog):
+    import logging
+
+    import torch
+    from torch import nn
+
+    import gauntlet
+    from gauntlet.config import AuditConfig
+
+    torch.manual_seed(0)
+    cfg = AuditConfig(worker_memory=512)
+    with caplog.at_level(logging.WARNING, logger="gauntlet"):
+        gauntlet.audit(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), digits, config=cfg,
+                       attacks=["noise"], defenses=["none"], samples=10)
+    assert any("caps process-pool workers only" in r.getMessage() and "'serial'" in
+               r.getMessage() for r in caplog.records)

@@ -150,3 +150,4 @@ def test_an_in_memory_model_is_never_replayed(digits):
     again = gauntlet.audit(module, digits, **kwargs)
     assert again.result["provenance"]["run"]["executor"] == "serial"
     assert again.result["provenance"]["run"]["cells_reused"] > 0
+
