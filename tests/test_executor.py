@@ -48,9 +48,11 @@ class Aborts(EvasionAttack):
 
 
 class Hogs(EvasionAttack):
-    """Allocates 64 MiB blocks without bound.
+    """Reserves 256 MiB blocks without bound.
 
-    Test attack for the workers' memory limit.
+    Test attack for the workers' memory limit. The blocks are reserved, not written:
+    the limit caps address space, so it is reached at once, where filling 64 MiB blocks
+    could outlast the 2 s cell timeout on a loaded machine (CI saw it time out).
     """
 
     name = "hogs"
@@ -59,7 +61,7 @@ class Hogs(EvasionAttack):
     def generate(self, model, x, y, rng):
         blocks = []
         while True:
-            blocks.append(np.ones(2**23))
+            blocks.append(np.empty(2**25))
 
 
 class HangsInNative(EvasionAttack):

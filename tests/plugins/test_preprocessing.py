@@ -184,7 +184,9 @@ def test_bpda_gradient_is_the_models_at_the_transformed_input(cls, params, digit
     loss = torch.nn.functional.cross_entropy(digits_model._base(z), torch.as_tensor(y))
     (expected,) = torch.autograd.grad(loss, z)
     got = defended.loss_gradient(x, y)
-    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-9)
+    # float32 sums in another order (threads, batch split) differ in the last bits: CI saw
+    # a relative 2.8e-5 on one of 6,400 values, so the tolerance is float32's, not float64's.
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-8)
     assert np.abs(got).sum() > 0
     # It is not the undefended model's gradient: the forward pass is the defense's.
     assert not np.allclose(got, digits_model.loss_gradient(x, y))
