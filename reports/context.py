@@ -25,6 +25,7 @@ from gauntlet.reports.checklist import (
     naive_tables,
 )
 from gauntlet.reports.classic import Classic, classic
+from gauntlet.reports.findings import FindingRow, finding_rows, findings_note
 from gauntlet.reports.gallery import Gallery, galleries
 from gauntlet.reports.intake import IntakeView, intake_view
 from gauntlet.reports.privacy import (
@@ -53,11 +54,9 @@ from gauntlet.reports.tables import (
     metric_meta,
     metric_names,
     metric_value,
-    worst_findings,
 )
 from gauntlet.reports.targeted import TargetedRow, targeted_rows
-
-TOP_FINDINGS = 8
+from gauntlet.reports.verdict import VerdictLine, verdict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,19 +105,6 @@ class MetricGroup:
 
 
 @dataclasses.dataclass(frozen=True)
-class FindingRow:
-    title: str
-    metric: str
-    direction: str
-    defense: str
-    attack: str
-    value: str
-    interval: str
-    n: str
-    colour: str
-
-
-@dataclasses.dataclass(frozen=True)
 class ProblemCell:
     defense: str
     attack: str
@@ -155,6 +141,16 @@ class Timing:
 
 
 @dataclasses.dataclass(frozen=True)
+class PluginRow:
+    """A plugin that contributed attacks, defenses or metrics to this audit."""
+
+    plugin: str
+    distribution: str
+    version: str
+    contributed: list[tuple[str, str]]  # ("attacks", "fgsm, pgd"), ...
+
+
+@dataclasses.dataclass(frozen=True)
 class Provenance:
     run: list[tuple[str, str]]
     model: list[tuple[str, str]]
@@ -162,6 +158,7 @@ class Provenance:
     libraries: list[tuple[str, str]]
     timings: list[Timing]
     config_json: str
+    plugins: list[PluginRow] = dataclasses.field(default_factory=list)
 
 
 #: The ``place`` a plugin section names to be shown inside the Summary; a section with
@@ -204,6 +201,9 @@ class ReportContext:
     # poisoning cells aimed at chosen test rows (subpopulations), worst first
     targeted: list[TargetedRow] = dataclasses.field(default_factory=list)
     privacy: PrivacyView | None = None  # membership and theft, when either ran
+    # one sentence per threat family, and what the findings leave out
+    verdict: list[VerdictLine] = dataclasses.field(default_factory=list)
+    findings_note: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,17 +353,6 @@ def _groups(result: Mapping[str, Any]) -> list[MetricGroup]:
             for f in sorted(by_family, key=lambda f: (order.get(f, len(order)), f))]
 
 
-def _findings(result: Mapping[str, Any]) -> list[FindingRow]:
-    rows = []
-    for f in worst_findings(result, TOP_FINDINGS):
-        meta = metric_meta(result, f.metric)
-        rows.append(FindingRow(f.title, f.metric, "↑" if f.higher_is_better else "↓",
-                               f.defense_label, f.attack_label, format_value(f.value, meta),
-                               format_interval(f.low, f.high, meta),
-                               "—" if f.n is None else str(f.n), colour(f.badness)))
-    return rows
-
-
 def _problems(result: Mapping[str, Any], status: str) -> list[ProblemCell]:
     return [ProblemCell(label(c["defense"], c.get("defense_point") or ""),
                         label(c["attack"], c.get("attack_point") or ""),
@@ -403,8 +392,10 @@ def _row_limit(result: Mapping[str, Any], name: str) -> str:
 
 
 def _defenses(result: Mapping[str, Any]) -> list[DefenseNote]:
+    """The defenses this audit ran (a cell under them, whatever its status), in the
+    matrix's row order; installed defenses the audit did not run are not listed."""
     declared = result.get("defenses", {})
-    names = list(dict.fromkeys([*declared, *(d for d, _ in defense_keys(result))]))
+    names = list(dict.fromkeys(d for d, _ in defense_keys(result)))
     index = cell_index(result)
     notes = []
     for name in names:
@@ -538,7 +529,34 @@ def _provenance(result: Mapping[str, Any]) -> Provenance:
     timings = [Timing(a, len(ds), _seconds(sum(ds)))
                for a, ds in sorted(totals.items(), key=lambda kv: (-sum(kv[1]), kv[0]))]
     config = json.dumps(result.get("config") or {}, indent=2, default=str, ensure_ascii=False)
-    return Provenance(run, model, data, libraries, timings, config)
+    return Provenance(run, model, data, libraries, timings, config, _plugins(result))
+
+
+def _plugins(result: Mapping[str, Any]) -> list[PluginRow]:
+    """Every plugin that contributed an attack, defense or metric to this audit's cells,
+    with its distribution and version: from the result's ``attacks``, ``defenses`` and
+    ``metrics`` entries, else from its row in ``provenance.plugins`` (older results)."""
+    cells = result.get("cells", [])
+    used = {"attack": list(dict.fromkeys(c["attack"] for c in cells)),
+            "defense": list(dict.fromkeys(c["defense"] for c in cells)),
+            "metric": list(dict.fromkeys(m for c in cells for m in (c.get("metrics") or {})))}
+    listed = {(row.get("kind"), row.get("name")): row
+              for row in (result.get("provenance") or {}).get("plugins") or ()
+              if isinstance(row, Mapping)}
+    gauntlet = _text((result.get("provenance") or {}).get("gauntlet"))
+    rows: dict[tuple[str, str, str], dict[str, list[str]]] = {}
+    for kind, names in used.items():
+        entries = result.get(f"{kind}s") or {}
+        for name in names:
+            meta = entries.get(name) or listed.get((kind, name)) or {}
+            plugin = _text(meta.get("plugin")) or "—"
+            version = _text(meta.get("version"))
+            if plugin == "core" and not version:
+                version = gauntlet  # the core is part of the running Gauntlet
+            key = (plugin, _text(meta.get("distribution")) or "—", version or "—")
+            rows.setdefault(key, {}).setdefault(kind, []).append(_text(name))
+    return [PluginRow(p, d, v, [(f"{k}s", ", ".join(ns)) for k, ns in kinds.items()])
+            for (p, d, v), kinds in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
 
 
 def _title(result: Mapping[str, Any], model_name: str) -> str:
@@ -575,7 +593,7 @@ def build_context(result: Mapping[str, Any],
                      _text(s.get("place"))) for s in sections]
     return ReportContext(
         title=_title(result, model_name), model_name=model_name, data_name=data_name,
-        facts=facts, counts=counts, findings=_findings(result), defenses=_defenses(result),
+        facts=facts, counts=counts, findings=finding_rows(result), defenses=_defenses(result),
         groups=_groups(result), chart_groups=_chart_groups(result),
         not_applicable=_problems(result, "not_applicable"), errors=_problems(result, "error"),
         provenance=_provenance(result), intake=intake_view(result),
@@ -585,6 +603,7 @@ def build_context(result: Mapping[str, Any],
         galleries=galleries(result), classic=classic(result),
         checklist=checklist_views(result), checklist_findings=checklist_findings(result),
         naive=naive_tables(result), targeted=targeted_rows(result),
-        privacy=_privacy(result),
+        privacy=_privacy(result), verdict=verdict(result),
+        findings_note=findings_note(result),
     )
 

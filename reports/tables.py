@@ -285,13 +285,16 @@ def format_interval(low: float | None, high: float | None, meta: MetricMeta) -> 
 
 
 def worst_findings(result: Mapping[str, Any], k: int = 8) -> list[Finding]:
-    """For each metric, its worst ok cell for the defender; the ``k`` worst metrics first.
+    """For each metric, its worst attacked cell for the defender; the ``k`` worst metrics
+    first. The clean row (no attack) is never one: it describes the model, not an attack.
 
     Bounded metrics rank by how far within their bounds the value sits towards the bad
     end; unbounded ones (no common scale) follow them. Metrics without a direction are
-    left out: there is no "worst" to report.
+    left out: there is no "worst" to report. The report's Summary ranks attacks by what
+    they change instead (:func:`gauntlet.reports.findings.attack_findings`).
     """
-    index = cell_index(result)
+    index = {key: c for key, c in cell_index(result).items()
+             if c.get("attack") != "clean" and c.get("family") != "baseline"}
     order = {key: i for i, key in enumerate(
         (*d, *a) for a in attack_keys(result) for d in defense_keys(result))}
     findings = []

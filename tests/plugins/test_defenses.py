@@ -101,8 +101,13 @@ def test_registered_with_metadata():
 
 def test_report_flags_the_defenses_that_attacks_do_not_adapt_to():
     registry = make_registry(entrypoints=False, plugins={"defenses": defenses})
-    recorded = {"defenses": catalogue(registry)["defenses"], "cells": []}
-    notes = {d.name: d for d in build_context(recorded).defenses}
+    declared = catalogue(registry)["defenses"]
+    # The report lists the defenses an audit ran: one clean cell under each.
+    cells = [{"id": f"{name}|clean|", "defense": name, "defense_point": "", "attack": "clean",
+              "attack_point": "", "family": "baseline", "status": "ok", "metrics": {}}
+             for name in declared]
+    notes = {d.name: d for d in build_context({"defenses": declared, "cells": cells}).defenses}
+    assert set(notes) == set(declared)
     assert {n for n, d in notes.items() if d.not_adaptive} == {"confidence-clip",
                                                                "confidence-noise"}
     assert "upper bound" in notes["confidence-clip"].evaluation
