@@ -41,6 +41,7 @@ from gauntlet.outcome import (  # noqa: E402
     ServerViewOutcome,
     TamperOutcome,
     TrainingOrderOutcome,
+    TriggerScanOutcome,
 )
 from gauntlet.params import Param, param  # noqa: E402
 from gauntlet.poisoning import PoisonedSet, PoisonFilter, PoisoningAttack  # noqa: E402
@@ -74,7 +75,7 @@ __all__ = [
     "MembershipOutcome", "Metric", "MetricValue", "Model", "ModelLoadError", "NotApplicable",
     "Outcome", "PluginError", "PoisoningOutcome", "Predictions", "ProbeOutcome", "Recipe",
     "ScanReport", "ServerViewOutcome", "Shadows", "Stage", "TamperOutcome",
-    "TrainingOrderOutcome", "train_shadows",
+    "TrainingOrderOutcome", "TriggerScanOutcome", "train_shadows",
     "__version__", "audit", "hookimpl", "proportion", "read_model_file", "sha256_file",
     "wilson",
 ]

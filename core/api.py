@@ -5,7 +5,7 @@ inputs (:mod:`gauntlet.loading`) -> run the cells (:mod:`gauntlet.executor`,
 :mod:`gauntlet.run`) -> store them as they finish (:mod:`gauntlet.store`) -> the derived
 worst-case cells (:mod:`gauntlet.rows`) and the evaluation checklist
 (:mod:`gauntlet.checklist`) -> results and report (:mod:`gauntlet.results`,
-:mod:`gauntlet.provenance`).
+:mod:`gauntlet.provenance`) -> the gate's verdicts on them (:mod:`gauntlet.gate`).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 
 from gauntlet import config as config_mod
 from gauntlet import device as device_mod
+from gauntlet import gate as gate_mod
 from gauntlet import memo
 from gauntlet.cache import Cache, base_identity, cell_key, default_dir, digest, using
 from gauntlet.checklist import as_json, checklist
@@ -56,8 +57,8 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
           registry: Registry | None = None, progress: bool = False, resume: bool = False,
           on_cell: Callable[[CellResult], None] | None = None,
           executor: Executor | str | None = None, workers: int | None = None,
-          cache: bool | str | Path | None = None, device: str | None = None
-          ) -> AuditResult:
+          cache: bool | str | Path | None = None, device: str | None = None,
+          resamples: int | None = None, gate: Sequence[str] | None = None) -> AuditResult:
     """Run an audit and return its result (the report is written only if ``out`` is set).
 
     :param model: a spec (``builtin:cnn``, a model file), a :class:`Model`, or an
@@ -79,6 +80,12 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     :param cache: the content cache (:mod:`gauntlet.cache`): True (the user cache
         folder), False (none) or a folder; default the config's (True).
     :param device: ``auto``, ``cpu`` or ``cuda`` (:mod:`gauntlet.device`).
+    :param resamples: K > 0: each metric's spread over K bootstrap resamples of its
+        cell's rows (no attack runs again); default the config's (0).
+    :param gate: checks such as ``'robust_accuracy.fgsm["eps=0.1"] >= 0.5'``
+        (:mod:`gauntlet.gate`), added to the config's: one naming a metric, attack or
+        defense the audit lacks is a ConfigError before anything runs; their verdicts go
+        to results.json's ``gate`` (``gauntlet.gate.verdicts_of(result.result)``).
     """
     model = _check_arguments(model, data, config)
     cfg = config if isinstance(config, config_mod.AuditConfig) else (
@@ -86,9 +93,10 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     cfg = config_mod.override(
         cfg, model=model if isinstance(model, str) else None,
         data=data if isinstance(data, str) else None, seed=seed, samples=samples,
-        timeout=timeout, out=str(out) if out is not None else None,
+        timeout=timeout, resamples=resamples, out=str(out) if out is not None else None,
         executor=executor if isinstance(executor, str) else None, workers=workers,
-        cache=str(cache) if isinstance(cache, Path) else cache, device=device)
+        cache=str(cache) if isinstance(cache, Path) else cache, device=device, gate=gate)
+    checks = gate_mod.parse_all(cfg.gate)
     if attacks is not None:
         cfg.attacks = _as_selections(attacks)
     if defenses is not None:
@@ -104,9 +112,9 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
         memo_key = memo.audit_key(cfg)
         with using(store_cache):  # the report's charts are in it too
             replayed = None if memo_key is None else _replay(cfg, store_cache, memo_key,
-                                                              out, config)
+                                                              out, config, checks)
         if replayed is not None:
-            return replayed
+            return _judged(replayed, checks, cfg, out, config)
     registry = registry or make_registry()
     registry.check_conflicts()
     if registry.broken:
@@ -120,6 +128,9 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     if not defense_sel:
         defense_sel = [Selection("none")]
     cells = plan(registry, defense_sel, attack_sel)  # validates names and parameters
+    gate_mod.validate(checks, metrics={n: m.bounds for n, m in registry.metrics.items()},
+                      attacks={c.attack.name for c in cells} | {WORST_CASE},
+                      defenses={c.defense.name for c in cells})
 
     chosen_device = device_mod.select(cfg.device)
     if cfg.worker_memory and getattr(executor, "kind", cfg.executor) != "process":
@@ -131,8 +142,9 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
                       memory_mb=cfg.worker_memory, address=cfg.ray_address,
                       gpus=1.0 if chosen_device == "cuda" else 0.0)
     with using(store_cache):
-        return _run(cfg, registry, cells, model, data, out, config, on_cell, run_on,
-                    store_cache, chosen_device, memo_key)
+        audit_result = _run(cfg, registry, cells, model, data, out, config, on_cell, run_on,
+                            store_cache, chosen_device, memo_key)
+    return _judged(audit_result, checks, cfg, out, config)
 
 
 def _run(cfg: config_mod.AuditConfig, registry: Registry, cells: list[Cell], model: Any,
@@ -154,7 +166,7 @@ def _run(cfg: config_mod.AuditConfig, registry: Registry, cells: list[Cell], mod
     if out is not None or config is not None:
         store = Store(Path(cfg.out), fingerprint(result))
     runner = Runner(inputs.model, inputs.evaluated, registry.metrics.values(), cfg.seed,
-                    cfg.timeout)
+                    cfg.timeout, cfg.resamples)
     started = time.perf_counter()
     keys: dict[str, str] = {}
     done: dict[str, dict[str, Any]] = {}
@@ -246,14 +258,18 @@ def _replayable(model: Any, data: Any, executor: Any, cfg: config_mod.AuditConfi
 
 
 def _replay(cfg: config_mod.AuditConfig, store_cache: Cache, key: str, out: Any,
-            config: Any) -> AuditResult | None:
+            config: Any, checks: Sequence[gate_mod.Check] = ()) -> AuditResult | None:
     """The remembered audit under ``key``, written out as this run's; None if there is
-    none (or a cell of it has left the cache)."""
+    none (or a cell of it has left the cache). ``checks`` are validated against it first,
+    as the registry would (it remembers the catalogue and the plan)."""
     started = time.perf_counter()
     found = memo.replay(store_cache, key)
     if found is None:
         return None
     result, records, sections = found
+    names = gate_mod.known_names(result)
+    names["attacks"] |= {WORST_CASE}
+    gate_mod.validate(checks, **names)
     log.info("all %d cells of this unchanged audit come from the cache at %s",
              len(records), store_cache.root)
     prov = result["provenance"]
@@ -272,6 +288,19 @@ def _replay(cfg: config_mod.AuditConfig, store_cache: Cache, key: str, out: Any,
                                sections=sections)
     if out is not None or config is not None:
         audit_result.write_report(Path(cfg.out) / "report.html")
+    return audit_result
+
+
+def _judged(audit_result: AuditResult, checks: Sequence[gate_mod.Check],
+            cfg: config_mod.AuditConfig, out: Any, config: Any) -> AuditResult:
+    """``audit_result`` with the gate's verdicts in its results (``gate``), and in its
+    results.json when one was written. After the report, and after the audit is
+    remembered (:mod:`gauntlet.memo`): a gate judges an audit, it is not part of it."""
+    if checks:
+        verdicts = gate_mod.evaluate(audit_result.result, checks)
+        audit_result.result["gate"] = [v.to_dict() for v in verdicts]
+        if out is not None or config is not None:
+            audit_result.write_json(Path(cfg.out))
     return audit_result
 
 

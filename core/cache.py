@@ -134,7 +134,9 @@ def base_identity(result: Mapping[str, Any], registry: Registry, evaluated: Data
             "libraries": prov["libraries"], "model": model,
             "model_options": result["config"]["model"],
             "data": dataset_digest(evaluated), "seed": prov["seed"], "device": device,
-            "metrics": metrics}
+            "metrics": metrics,
+            # Resampled values are part of a cell's record; none keeps the keys of before.
+            **({"resamples": k} if (k := result["config"].get("resamples")) else {})}
 
 
 def cell_key(base: str, cell: Cell, registry: Registry) -> str:

@@ -1,9 +1,14 @@
-"""The ``gauntlet`` command: ``audit``, ``plugins``, ``describe``, ``scan`` and ``report``.
+"""The ``gauntlet`` command: ``audit``, ``plugins``, ``describe``, ``scan``, ``report`` and
+``diff``.
 
 Exit codes: 0 done (``scan``: safe to load); 1 ``audit --fail-on-error`` found an error
-cell, a failed metric or a broken plugin (``scan``: the file is refused); 2 bad input (a
-GauntletError), as one line on stderr, never a traceback; 130 interrupted, keeping the
-cells already finished.
+cell, a failed metric or a broken plugin, or an ``audit`` gate check failed (``--gate``,
+the config's ``[gate]``; each failure one line on stderr), always after the report is
+written (``scan``: the file is refused); 2 bad input (a GauntletError, a malformed gate
+check or one naming a metric, attack or defense the audit lacks), as one line on stderr,
+never a traceback; 130 interrupted, keeping the cells already finished. ``diff`` exits
+0 when version B did not change significantly, 1 when it changed (or a backdoor is
+suspected), 2 for bad input.
 """
 from __future__ import annotations
 
@@ -56,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--samples", type=int, help="test rows evaluated per cell (0 = all)")
     a.add_argument("--timeout", type=float,
                    help="seconds a cell may run before it is recorded as an error (0 = none)")
+    a.add_argument("--resamples", type=int, metavar="K",
+                   help="each metric's spread over K bootstrap resamples of its rows "
+                        "(no attack re-runs; 0 = none; gauntlet diff pairs them)")
     a.add_argument("--resume", action="store_true",
                    help="(the default now) finished cells come from the content cache")
     a.add_argument("--executor", choices=("serial", "process", "ray"),
@@ -75,6 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--fail-on-error", action="store_true",
                    help="exit 1 (after writing the report) if a cell or a metric failed or "
                    "a plugin is broken")
+    a.add_argument("--gate", action="append", type=_gate_check, metavar="CHECK",
+                   help="exit 1 (after writing the report) unless the results pass CHECK, "
+                   "e.g. 'robust_accuracy.fgsm[\"eps=0.1\"] >= 0.5': "
+                   "METRIC.ATTACK[\"POINT\"]@DEFENSE OP NUMBER, OP one of >= <= > <, NUMBER "
+                   "0.5 or 50%%; no POINT: every point; DEFENSE defaults to none. Repeatable; "
+                   "added to the config's [gate] checks")
+    a.add_argument("--junit", metavar="FILE",
+                   help="write a JUnit XML file for CI: a testcase per gate check and per "
+                   "error cell")
 
     pl = sub.add_parser("plugins", parents=[verbose],
                         help="list installed plugins and what each provides")
@@ -98,11 +115,35 @@ def _parser() -> argparse.ArgumentParser:
                        help="re-render report.html from a results.json")
     r.add_argument("results", help="results.json written by an audit")
     r.add_argument("--out", help="HTML file to write (default: beside results.json)")
+
+    df = sub.add_parser("diff", parents=[verbose],
+                        help="did version B of a model change beyond sampling noise? "
+                        "(exit 0 no significant change, 1 changed, 2 bad input)")
+    df.add_argument("a", help="the old version's audit: its output folder or results.json")
+    df.add_argument("b", help="the new version's audit, on the same data and plan")
+    df.add_argument("--out", help="folder for diff.html and diff.json "
+                    "(default: gauntlet-diff)")
+    df.add_argument("--json", action="store_true",
+                    help="print the diff as JSON instead of text")
+    df.add_argument("--top", type=int, default=10, metavar="N",
+                    help="changes listed in the text (default 10)")
     return p
+
+
+def _gate_check(text: str) -> str:
+    """``--gate``'s type: a malformed check is argparse's usage error."""
+    from gauntlet.gate import GateError, parse
+
+    try:
+        parse(text)
+    except GateError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     from gauntlet import config as config_mod
+    from gauntlet import gate as gate_mod
     from gauntlet.api import audit
 
     if args.config:
@@ -114,11 +155,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     cfg = config_mod.override(cfg, model=args.model, data=args.data, attacks=args.attacks,
                               defenses=args.defenses, out=args.out, seed=args.seed,
                               samples=args.samples, timeout=args.timeout,
-                              executor=args.executor, workers=args.workers,
-                              ray_address=args.ray_address,
+                              resamples=args.resamples, executor=args.executor,
+                              workers=args.workers, ray_address=args.ray_address,
                               worker_memory=args.worker_memory,
                               cache=False if args.no_cache else args.cache,
-                              device=args.device)
+                              device=args.device, gate=args.gate)
     if args.no_cache and args.cache:
         raise ConfigError("--cache and --no-cache contradict each other")
     if args.arch:
@@ -140,11 +181,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
           + (f", {broken} broken plugins" if broken else "") + ")")
     print(f"report: {out / 'report.html'}\nresults: {out / 'results.json'}, "
           f"{out / 'results.csv'}")
+    code = 0
     if args.fail_on_error and (counts["error"] or lost or broken):
         print(f"gauntlet: failing (--fail-on-error): {counts['error']} error cells, "
               f"{lost} failed metric values, {broken} broken plugins", file=sys.stderr)
-        return 1
-    return 0
+        code = 1
+    verdicts = gate_mod.verdicts_of(result.result)
+    failed = [v for v in verdicts if not v.passed]
+    for verdict in failed:
+        print(f"gauntlet: gate failed: {verdict.line()}", file=sys.stderr)
+    if verdicts and not failed:
+        print(f"gate: {len(verdicts)} check{'s' * (len(verdicts) != 1)} passed")
+    if args.junit:
+        print(f"junit: {gate_mod.write_junit(args.junit, result.result, verdicts)}")
+    return 1 if failed else code
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -299,6 +349,26 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from gauntlet.diff import diff, text
+    from gauntlet.reports.diff import write_diff
+
+    if args.top < 0:
+        raise ConfigError(f"--top must be >= 0, got {args.top}")
+    found = diff(args.a, args.b)
+    out = Path(args.out or "gauntlet-diff")
+    html = write_diff(found, out / "diff.html")
+    data = found.to_dict()
+    (out / "diff.json").write_text(json.dumps(data, indent=1, allow_nan=False) + "\n",
+                                   encoding="utf-8")
+    if args.json:
+        print(json.dumps(data, indent=1, allow_nan=False))
+    else:
+        print("\n".join(text(found, args.top)))
+        print(f"report: {html}")
+    return 1 if found.changed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -308,11 +378,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     handler = {"audit": cmd_audit, "plugins": cmd_plugins, "describe": cmd_describe,
-               "report": cmd_report, "scan": cmd_scan}
+               "report": cmd_report, "scan": cmd_scan, "diff": cmd_diff}
     try:
         return handler[args.command](args)
     except GauntletError as exc:
-        print(f"gauntlet: error: {exc}", file=sys.stderr)
+        from gauntlet.gate import GateError
+
+        hint = f" (see gauntlet {args.command} --help)" if isinstance(exc, GateError) else ""
+        print(f"gauntlet: error: {exc}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         kept = ("; finished cells are in cells.jsonl and the content cache (run the same "

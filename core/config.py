@@ -7,6 +7,7 @@ An audit file looks like::
     out = "gauntlet-report"
     samples = 0              # test rows evaluated per cell (0 = all)
     timeout = 0              # seconds a cell may run before it is an error (0 = no limit)
+    resamples = 0            # K: each metric's spread over K bootstrap resamples of its rows
     executor = "serial"      # or "process" (a pool of worker processes) or "ray"
     workers = 0              # process/ray workers (0 = one per core)
     cache = true             # the content cache (true: the user cache folder; or a folder)
@@ -32,6 +33,9 @@ An audit file looks like::
     [defenses.input-noise]
     r = 0.1
 
+    [gate]                   # checks a CI job fails on (gauntlet.gate): exit 1 if one fails
+    checks = ['robust_accuracy.fgsm["eps=0.1"] >= 0.5', "clean_accuracy.clean >= 90%"]
+
 ``attacks`` and ``defenses`` may also be plain lists of names; left out, every
 registered attack (or defense) runs with its defaults.
 """
@@ -45,6 +49,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gauntlet import gate as gate_mod
 from gauntlet.errors import ConfigError
 from gauntlet.plan import Selection
 
@@ -58,9 +63,11 @@ else:  # pragma: no cover
 DEFAULT_MODEL = "builtin:cnn"
 DEFAULT_DATA = "sklearn:digits"
 DEFAULT_OUT = "gauntlet-report"
-_TOP_KEYS = ("title", "seed", "out", "samples", "timeout", "model", "data", "attacks",
+_TOP_KEYS = ("title", "seed", "out", "samples", "timeout", "resamples", "model", "data", "attacks",
              "defenses", "executor", "workers", "ray_address", "worker_memory", "cache",
-             "device")
+             "device", "gate")
+#: The keys of the ``[gate]`` table.
+GATE_KEYS = ("checks",)
 #: Where cells may run (:mod:`gauntlet.executor`).
 EXECUTORS = ("serial", "process", "ray")
 DEVICES = ("auto", "cpu", "cuda")
@@ -71,6 +78,8 @@ _FILE_SCHEMES = ("idx", "npz", "csv")
 # Seeds feed numpy's SeedSequence (which refuses negatives) and torch.manual_seed; TOML
 # integers stop at 2**63 - 1, so the CLI and the Python API stop there too.
 MAX_SEED = 2**63 - 1
+#: More resamples than this add run time, not precision, to a percentile interval.
+MAX_RESAMPLES = 10_000
 
 
 #: The embedded demo's model: the study's network (two hidden ReLU layers of 200) trained
@@ -103,6 +112,9 @@ class AuditConfig:
     seed: int = 0
     samples: int = 0
     timeout: float = 0.0
+    #: K > 0: each metric is also computed on K bootstrap resamples of each cell's rows,
+    #: for its spread (and for ``gauntlet diff``'s paired comparison); 0: not.
+    resamples: int = 0
     out: str = DEFAULT_OUT
     title: str = "Gauntlet audit"
     source: str | None = None  # the config file, when there was one
@@ -120,6 +132,10 @@ class AuditConfig:
     cache: bool | str = True
     #: Where the model computes: ``auto`` (CUDA when torch sees it), ``cpu`` or ``cuda``.
     device: str = "auto"
+    #: Gate checks (:mod:`gauntlet.gate`): they judge the results and never change them,
+    #: so :meth:`to_dict` (what identifies an audit, its cache and replay keys) leaves them
+    #: out; results.json records them, with their verdicts, under ``gate``.
+    gate: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         def sel(items: list[Selection] | None) -> Any:
@@ -136,7 +152,7 @@ class AuditConfig:
             return out
 
         return {"title": self.title, "seed": self.seed, "samples": self.samples,
-                "timeout": self.timeout, "out": self.out,
+                "timeout": self.timeout, "resamples": self.resamples, "out": self.out,
                 "model": {"spec": self.model, **self.model_options},
                 "data": {"spec": self.data, **self.data_options},
                 "attacks": sel(self.attacks), "defenses": sel(self.defenses),
@@ -233,13 +249,28 @@ def from_mapping(raw: Mapping[str, Any], base: Path | None = None,
         attacks=_selections(raw["attacks"], "attacks") if "attacks" in raw else None,
         defenses=_selections(raw["defenses"], "defenses") if "defenses" in raw else None,
         seed=raw.get("seed", 0), samples=raw.get("samples", 0),
-        timeout=raw.get("timeout", 0), out=raw.get("out", DEFAULT_OUT),
+        timeout=raw.get("timeout", 0), resamples=raw.get("resamples", 0),
+        out=raw.get("out", DEFAULT_OUT),
         title=raw.get("title", "Gauntlet audit"), source=source,
         executor=raw.get("executor", "serial"), workers=raw.get("workers", 0),
         ray_address=raw.get("ray_address", ""), worker_memory=raw.get("worker_memory", 0),
         cache=raw.get("cache", True), device=raw.get("device", "auto"),
+        gate=_gate(raw.get("gate", {})),
     )
     return check(cfg)
+
+
+def _gate(table: Any) -> list[str]:
+    """The ``[gate]`` table's checks (syntax is checked by :func:`check`)."""
+    _expect(table, Mapping, "[gate]")
+    unknown = sorted(set(table) - set(GATE_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]!r} in [gate]; known keys: "
+                          + ", ".join(GATE_KEYS))
+    checks = _expect(table.get("checks", []), list, "gate.checks")
+    for value in checks:
+        _expect(value, str, "each entry of gate.checks")
+    return list(checks)
 
 
 def check(cfg: AuditConfig) -> AuditConfig:
@@ -258,6 +289,10 @@ def check(cfg: AuditConfig) -> AuditConfig:
         raise ConfigError(f"timeout must be a number of seconds >= 0 (0 = no limit), "
                           f"got {timeout!r}")
     cfg.timeout = float(timeout)
+    if isinstance(cfg.resamples, bool) or not isinstance(cfg.resamples, int) \
+            or not 0 <= cfg.resamples <= MAX_RESAMPLES:
+        raise ConfigError(f"resamples must be an integer from 0 to {MAX_RESAMPLES} (0 = "
+                          f"none; the founding study used 10), got {cfg.resamples!r}")
     for key in ("workers", "worker_memory"):
         value = getattr(cfg, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -278,6 +313,9 @@ def check(cfg: AuditConfig) -> AuditConfig:
     for key in ("model", "data", "out"):
         if not getattr(cfg, key).strip():
             raise ConfigError(f"{key} must not be empty")
+    if not isinstance(cfg.gate, list):
+        raise ConfigError(f"gate checks must be a list of strings, got {cfg.gate!r}")
+    gate_mod.parse_all(cfg.gate)  # a malformed check: exit 2 before anything runs
     return cfg
 
 
@@ -303,9 +341,11 @@ def override(cfg: AuditConfig, *, model: str | None = None, data: str | None = N
              attacks: str | Sequence[str] | None = None,
              defenses: str | Sequence[str] | None = None, out: str | None = None,
              seed: int | None = None, samples: int | None = None,
-             timeout: float | None = None, **run: Any) -> AuditConfig:
-    """Apply CLI flags over a config. A named attack keeps the file's parameters for it.
-    ``run``: the :data:`RUN_KEYS` and ``device``, where not None."""
+             timeout: float | None = None, resamples: int | None = None,
+             gate: Sequence[str] | None = None, **run: Any) -> AuditConfig:
+    """Apply CLI flags over a config. A named attack keeps the file's parameters for it;
+    ``gate`` checks are added to the file's. ``run``: the :data:`RUN_KEYS` and
+    ``device``, where not None."""
     def pick(current: list[Selection] | None, names: Any, where: str) -> list[Selection]:
         chosen = _selections(list(names) if not isinstance(names, str) else names, where)
         if not chosen:
@@ -331,6 +371,12 @@ def override(cfg: AuditConfig, *, model: str | None = None, data: str | None = N
         changes["samples"] = samples
     if timeout is not None:
         changes["timeout"] = timeout
+    if resamples is not None:
+        changes["resamples"] = resamples
+    if gate:
+        if isinstance(gate, str):
+            raise ConfigError("gate must be a list of checks, not a string")
+        changes["gate"] = [*cfg.gate, *gate]
     for key, value in run.items():
         if key not in RUN_KEYS + ("device",):
             raise TypeError(f"override() got an unexpected keyword argument {key!r}")

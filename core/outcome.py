@@ -10,7 +10,7 @@ interval needs no re-run. Probabilities themselves are never stored.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -31,6 +31,26 @@ class Outcome:
     def n(self) -> int:
         """The number of samples the outcome's numbers rest on."""
         raise NotImplementedError
+
+    #: The fields holding one entry per evaluated row, in the same order: what
+    #: :meth:`resample` draws together. Empty: the outcome cannot be resampled.
+    row_fields: ClassVar[tuple[str, ...]] = ()
+
+    def resample(self, rng: np.random.Generator) -> Outcome | None:
+        """The same outcome on a bootstrap resample of its rows (as many rows, drawn with
+        replacement), or None when it has no rows to draw (:attr:`row_fields` is empty).
+        Metrics computed on it give the spread of ``--resamples``; nothing is re-run.
+
+        The draw depends only on ``rng`` and the number of rows, so two audits of two
+        model versions on the same rows with the same seed draw the same rows: their
+        resampled values pair up, which is what ``gauntlet diff`` compares."""
+        arrays = {name: getattr(self, name) for name in self.row_fields}
+        sized = [a for a in arrays.values() if a is not None]
+        if not sized:
+            return None
+        pick = rng.integers(0, len(sized[0]), len(sized[0]))
+        return dataclasses.replace(self, **{  # type: ignore[type-var]
+            name: None if a is None else np.asarray(a)[pick] for name, a in arrays.items()})
 
 
 @dataclasses.dataclass
@@ -60,6 +80,8 @@ class Predictions(Outcome):
         """Per row: is the prediction right?"""
         return np.asarray(self.proba.argmax(axis=1) == self.y_true)
 
+    row_fields: ClassVar[tuple[str, ...]] = ("y_true", "proba")
+
     def per_row(self) -> dict[str, np.ndarray]:
         return {"row": np.arange(self.n, dtype=np.int64), "correct": self.correct}
 
@@ -82,8 +104,18 @@ class CleanOutcome(Predictions):
     checks: dict[str, Any] = dataclasses.field(default_factory=dict)
     rejected: np.ndarray | None = None
 
+    row_fields: ClassVar[tuple[str, ...]] = ("y_true", "proba", "rejected")
+
     def artifacts(self) -> dict[str, Any]:
         return {"checks": self.checks} if self.checks else {}
+
+    def per_row(self) -> dict[str, np.ndarray]:
+        """Beside ``correct``: the true ``label``, the ``predicted`` class and its
+        ``confidence`` (top probability), which ``gauntlet diff`` compares row by row
+        between two versions of a model (disagreement, confusion, confidence shifts)."""
+        return {**super().per_row(), "label": np.asarray(self.y_true, dtype=np.int64),
+                "predicted": self.y_pred.astype(np.int64),
+                "confidence": self.proba.max(axis=1, initial=0.0).astype(np.float32)}
 
 
 @dataclasses.dataclass
@@ -118,6 +150,10 @@ class EvasionOutcome(Predictions):
     rejected: np.ndarray | None = None
     rejected_clean: np.ndarray | None = None
     examples: dict[str, Any] | None = None
+
+    row_fields: ClassVar[tuple[str, ...]] = (
+        "y_true", "proba", "proba_clean", "rows", "l0", "l2", "linf", "proba_naive",
+        "rejected", "rejected_clean")
 
     @property
     def correct_naive(self) -> np.ndarray | None:
@@ -197,6 +233,11 @@ class PoisoningOutcome(Predictions):
     poison_l2: np.ndarray | None = None
     notes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    # Test rows only: the training-side arrays (poisoned_rows, flagged, poison_*) stay.
+    row_fields: ClassVar[tuple[str, ...]] = (
+        "y_true", "proba", "proba_reference", "proba_triggered", "rows", "aimed", "rejected",
+        "rejected_triggered")
+
     @property
     def correct_reference(self) -> np.ndarray:
         """Per row: is the reference (unpoisoned) model right?"""
@@ -261,6 +302,17 @@ class MembershipOutcome(Outcome):
     def n(self) -> int:
         return int(len(self.scores_members) + len(self.scores_nonmembers))
 
+    def resample(self, rng: np.random.Generator) -> MembershipOutcome:
+        """Members and non-members resampled apart (a stratified bootstrap), so every
+        resample keeps the audit's balance of the two."""
+        m = rng.integers(0, len(self.scores_members), len(self.scores_members))
+        k = rng.integers(0, len(self.scores_nonmembers), len(self.scores_nonmembers))
+        return dataclasses.replace(
+            self, scores_members=self.scores_members[m],
+            scores_nonmembers=self.scores_nonmembers[k],
+            rows_members=None if self.rows_members is None else self.rows_members[m],
+            rows_nonmembers=None if self.rows_nonmembers is None else self.rows_nonmembers[k])
+
     def labels_and_scores(self) -> tuple[np.ndarray, np.ndarray]:
         y = np.r_[np.ones(len(self.scores_members)), np.zeros(len(self.scores_nonmembers))]
         s = np.r_[self.scores_members, self.scores_nonmembers].astype(np.float64)
@@ -317,6 +369,8 @@ class ProbeOutcome(Outcome):
 
     proba: np.ndarray
 
+    row_fields: ClassVar[tuple[str, ...]] = ("proba",)
+
     @property
     def n(self) -> int:
         return int(len(self.proba))
@@ -353,6 +407,8 @@ class TrainingOrderOutcome(ProbeOutcome):
     seeds: int = 1
     accuracy: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     accuracy_reference: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+
+    row_fields: ClassVar[tuple[str, ...]] = ()  # seeds x probes: its numbers are per seed
 
     def shares(self, reference: bool = False) -> np.ndarray:
         """Per seed, the share of probe inputs given class ``last``."""
@@ -396,6 +452,9 @@ class ExtractionOutcome(Outcome):
     rows: np.ndarray | None = None
     notes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    row_fields: ClassVar[tuple[str, ...]] = ("y_true", "proba_victim", "proba_substitute",
+                                             "rows")
+
     def artifacts(self) -> dict[str, Any]:
         return {"notes": self.notes} if self.notes else {}
 
@@ -431,6 +490,8 @@ class ServerViewOutcome(Outcome):
     guessed: np.ndarray
     exposed: bool
 
+    row_fields: ClassVar[tuple[str, ...]] = ("served", "guessed")
+
     @property
     def n(self) -> int:
         return int(len(self.served))
@@ -453,6 +514,8 @@ class TamperOutcome(Outcome):
     served: np.ndarray
     received: np.ndarray
 
+    row_fields: ClassVar[tuple[str, ...]] = ("served", "received")
+
     @property
     def moved(self) -> np.ndarray:
         """Rows whose honest answer is not already the target: those tampering must move."""
@@ -465,3 +528,60 @@ class TamperOutcome(Outcome):
     def per_row(self) -> dict[str, np.ndarray]:
         rows = np.flatnonzero(self.moved).astype(np.int64)
         return {"row": rows, "replaced": np.asarray(self.received[rows] == self.target)}
+
+
+#: Neural Cleanse's rule: a class whose smallest trigger lies more than this many
+#: (consistent) median absolute deviations below the classes' median is flagged.
+ANOMALY_THRESHOLD = 2.0
+
+
+@dataclasses.dataclass
+class TriggerScanOutcome(Outcome):
+    """The smallest trigger found per class: a mask and pattern that, stamped on clean
+    rows of the other classes, sends them to the class. Built by the ``trigger-scan``
+    probe (Wang et al., 2019, "Neural Cleanse").
+
+    A backdoored class needs a far smaller trigger than the others (the planted patch),
+    so its size is an outlier. Sizes are in input pixels (the mask's L1 norm; a mask
+    covers every channel of a pixel).
+
+    :param size: per class, the L1 norm of the smallest mask that reached ``target_reach``
+        of the rows; ``pixels`` (the whole input) where none did.
+    :param reach: per class, the share of rows that mask sent to the class.
+    :param pixels: pixels in one input (H x W).
+    :param rows: rows the triggers were fitted on, per class.
+    :param target_reach: the share of rows a trigger had to reach to count.
+    """
+
+    size: np.ndarray
+    reach: np.ndarray
+    pixels: int
+    rows: int
+    target_reach: float = 0.9
+
+    @property
+    def n(self) -> int:
+        return int(self.rows)
+
+    def anomaly(self) -> np.ndarray:
+        """Per class, how many consistent median absolute deviations its trigger lies
+        below the median size (Neural Cleanse's anomaly index; > 2 is flagged). Classes
+        above the median score 0: only a small trigger is suspect."""
+        size = np.asarray(self.size, dtype=np.float64)
+        median = float(np.median(size))
+        mad = 1.4826 * float(np.median(np.abs(size - median)))
+        # All sizes equal (MAD 0): nothing stands out, unless one is smaller.
+        scale = mad if mad > 0 else max(median * 1e-3, 1e-9)
+        return np.clip((median - size) / scale, 0.0, None)
+
+    def flagged(self) -> list[int]:
+        """The classes whose anomaly index exceeds :data:`ANOMALY_THRESHOLD`."""
+        return [int(c) for c in np.flatnonzero(self.anomaly() > ANOMALY_THRESHOLD)]
+
+    def artifacts(self) -> dict[str, Any]:
+        return {"trigger_scan": {
+            "size": [round(float(v), 4) for v in self.size],
+            "reach": [round(float(v), 4) for v in self.reach],
+            "anomaly": [round(float(v), 4) for v in self.anomaly()],
+            "flagged": self.flagged(), "pixels": int(self.pixels), "rows": int(self.rows),
+            "target_reach": float(self.target_reach)}}

@@ -26,7 +26,8 @@ Results are data first. ``results.json`` is one object::
                           "parameters", "plugin", "distribution", "version"}},
       "cells": [CELL, ...],
       "checklist": [{"defense", "defense_point", "upper_bound",
-                     "checks": [{"rule", "title", "status", "evidence"}]}]
+                     "checks": [{"rule", "title", "status", "evidence"}]}],
+      "gate": [{"expression", "check", "passed", "message", "value", "low", "high", "n"}]
     }
 
 where ``format`` is ``"percent"`` or ``"number"`` (how the report prints the metric),
@@ -39,7 +40,7 @@ an evasion attack's ``norm`` (``"linf"``, ``"l2"``, ``""`` for no eps budget) an
      "attack", "family", "attack_params": {...}, "attack_point": "eps=0.1" | "",
      "status": "ok" | "error" | "not_applicable", "reason": str | null,
      "traceback": str | null, "duration_s": float, "n": int | null,
-     "metrics": {NAME: {"value", "n", "low", "high"}},
+     "metrics": {NAME: {"value", "n", "low", "high"[, "spread": {"k", "sd", "low", "high"}]}},
      "metric_errors": {NAME: "ValueError: why"}, "artifacts": {...}[, "derived": true]}
 
 A cell with ``"derived": true`` was computed from other cells' per-row results, not run:
@@ -50,9 +51,14 @@ cell's artifacts hold the evaluation checklist's live measurements (``{"checks":
 evaluation checklist of every defense point (:mod:`gauntlet.checklist`; status ``pass``,
 ``warn``, ``fail`` or ``n/a``; ``upper_bound``: a non-adaptive evaluation). Both
 ``checklist`` and ``derived`` are absent from results written before they existed.
+``gate`` holds the verdicts of the audit's gate checks (:mod:`gauntlet.gate`), one per
+cell a check names; it is absent when the audit had none.
 
 ``cells.jsonl`` holds the same records plus ``rows``, the per-row results packed by
-:mod:`gauntlet.rows` (kept out of results.json, which the report reads).
+:mod:`gauntlet.rows` (kept out of results.json, which the report reads), and, with
+``--resamples K``, ``resampled``: each metric's K values on bootstrap resamples of the
+cell's rows, whose spread results.json keeps as the metric's ``spread``
+(:func:`spread_record`).
 
 A metric that raises loses only its own number: its name and the reason go to
 ``metric_errors`` and the cell stays ``ok`` with the other metrics. Tracebacks name files
@@ -79,9 +85,13 @@ import os
 import re
 import site
 import sysconfig
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gauntlet.gate import VERDICT_KEYS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,7 +109,7 @@ STATUSES = ("ok", "error", "not_applicable")
 RESULT_KEYS = ("schema", "title", "provenance", "intake", "config", "metrics", "attacks",
                "defenses", "cells")
 #: Keys results.json may have beyond RESULT_KEYS (absent from older results).
-OPTIONAL_RESULT_KEYS = ("checklist",)
+OPTIONAL_RESULT_KEYS = ("checklist", "gate")
 #: Keys a catalogue entry may have beyond CATALOGUE_KEYS, by kind.
 OPTIONAL_CATALOGUE_KEYS = {"attacks": ("norm", "minimal", "derived")}
 CHECKLIST_KEYS = ("defense", "defense_point", "upper_bound", "checks")
@@ -142,20 +152,30 @@ class CellResult:
     artifacts: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: Per-row results packed by :func:`gauntlet.rows.pack` (cells.jsonl only).
     rows: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: ``--resamples K``: each metric's K values on the bootstrap resamples of the rows
+    #: (cells.jsonl only; results.json keeps their spread in the metric's ``spread``).
+    resampled: dict[str, list[float | None]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self, *, rows: bool = True) -> dict[str, Any]:
-        """The record as plain data; ``rows=False`` for results.json."""
+        """The record as plain data; ``rows=False`` for results.json (no per-row results,
+        no resampled values)."""
         # asdict copies recursively; the packed rows are most of a record and only
         # strings below their second level, so they are copied two levels deep.
-        record = dataclasses.asdict(dataclasses.replace(self, rows={}))
+        record = dataclasses.asdict(dataclasses.replace(self, rows={}, resampled={}))
         if rows:
             record["rows"] = {k: dict(v) for k, v in self.rows.items()}
+            if self.resampled:
+                record["resampled"] = {k: list(v) for k, v in self.resampled.items()}
+            else:
+                del record["resampled"]
         else:
-            del record["rows"]
+            del record["rows"], record["resampled"]
         return record
 
 
-CELL_KEYS = tuple(f.name for f in dataclasses.fields(CellResult) if f.name != "rows")
+#: Fields of a cells.jsonl record that results.json's cells leave out.
+JSONL_ONLY = ("rows", "resampled")
+CELL_KEYS = tuple(f.name for f in dataclasses.fields(CellResult) if f.name not in JSONL_ONLY)
 
 
 def _clean(value: Any) -> Any:
@@ -169,6 +189,20 @@ def metric_record(value: float, n: int, low: float | None, high: float | None) -
     return {"value": _clean(float(value)), "n": int(n),
             "low": _clean(low if low is None else float(low)),
             "high": _clean(high if high is None else float(high))}
+
+
+def spread_record(values: Sequence[float]) -> dict[str, Any] | None:
+    """The spread of a metric over K resamples: ``k``, the standard deviation ``sd`` and
+    the 2.5 and 97.5 percentiles ``low`` and ``high`` (the bootstrap percentile interval;
+    with K = 10, as in the founding study, nearly the smallest and largest value).
+    Values that are not finite (a resample with one class, say) are left out; None when
+    fewer than two remain."""
+    kept = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if len(kept) < 2:
+        return None
+    low, high = np.percentile(kept, [2.5, 97.5])
+    return {"k": int(len(kept)), "sd": float(kept.std(ddof=1)), "low": float(low),
+            "high": float(high)}
 
 
 def check_result(result: Any) -> None:
@@ -203,7 +237,7 @@ def check_result(result: Any) -> None:
         if cell["status"] not in STATUSES:
             raise ValueError(f"{where}: status {cell['status']!r} is not one of {STATUSES}")
         for name, m in cell["metrics"].items():
-            keys(m, METRIC_KEYS, f"{where} metric {name!r}")
+            keys(m, METRIC_KEYS, f"{where} metric {name!r}", optional=("spread",))
             if name not in result["metrics"]:
                 raise ValueError(f"{where}: metric {name!r} is not in the catalogue")
         if cell["attack"] not in result["attacks"] or \
@@ -216,6 +250,10 @@ def check_result(result: Any) -> None:
             if check["status"] not in CHECK_STATUSES:
                 raise ValueError(f"checklist[{i}]: status {check['status']!r} is not one "
                                  f"of {CHECK_STATUSES}")
+    for i, verdict in enumerate(result.get("gate", ())):
+        keys(verdict, VERDICT_KEYS, f"gate[{i}]")
+        if not isinstance(verdict["passed"], bool):
+            raise ValueError(f"gate[{i}]: passed is {verdict['passed']!r}, not a boolean")
 
 
 def tidy_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -309,18 +347,24 @@ class AuditResult:
 
         :param path: the HTML file, or a folder to write report.html into.
         """
-        import json
-
         from gauntlet.reports.html import write_report
 
         path = Path(path)
         if path.suffix.lower() not in (".html", ".htm"):
             path = path / "report.html"
         path.parent.mkdir(parents=True, exist_ok=True)
-        (path.parent / "results.json").write_text(
-            json.dumps(self.result, indent=1, default=str), encoding="utf-8")
+        self.write_json(path.parent)
         self.table.to_csv(path.parent / "results.csv", index=False)
         return write_report(self.result, path, self.sections())
+
+    def write_json(self, folder: str | Path) -> Path:
+        """Write results.json into ``folder`` (alone: the gate's verdicts come after the
+        report)."""
+        import json
+
+        path = Path(folder) / "results.json"
+        path.write_text(json.dumps(self.result, indent=1, default=str), encoding="utf-8")
+        return path
 
 
 # -- paths in tracebacks -------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import signal
 import threading
 import time
@@ -25,11 +26,12 @@ from gauntlet.dataset import Dataset
 from gauntlet.defense import Stage
 from gauntlet.errors import NotApplicable
 from gauntlet.evasion import EvasionAttack
+from gauntlet.metric import Fact
 from gauntlet.model import Model
 from gauntlet.outcome import EvasionOutcome, Outcome
 from gauntlet.plan import Cell, derive_seed
 from gauntlet.poisoning import PoisonFilter, PoisoningAttack, Refit, Refitted
-from gauntlet.results import CellResult, metric_record, short_paths
+from gauntlet.results import CellResult, metric_record, short_paths, spread_record
 from gauntlet.rows import pack
 
 if TYPE_CHECKING:
@@ -104,6 +106,8 @@ class Runner:
     :param metrics: the Metric classes to measure every outcome with.
     :param seed: the audit seed; each cell's seeds derive from it and the cell's points.
     :param timeout: seconds one cell may run (0: no limit).
+    :param resamples: K > 0: every metric is also computed on K bootstrap resamples of
+        each cell's rows (:meth:`gauntlet.Outcome.resample`), for its spread; 0: not.
 
     A worker of a parallel executor builds its own with :meth:`from_config` from the
     audit's config (plain data); as seeds never depend on which cells ran before, its
@@ -111,12 +115,13 @@ class Runner:
     """
 
     def __init__(self, model: Model, dataset: Dataset, metrics: Iterable[type[Metric]],
-                 seed: int, timeout: float = 0.0) -> None:
+                 seed: int, timeout: float = 0.0, resamples: int = 0) -> None:
         self.model = model
         self.dataset = dataset
         self.metrics = [m() for m in metrics]
         self.seed = seed
         self.timeout = timeout
+        self.resamples = resamples
         self._defended: dict[str, Model | BaseException] = {}
         self._naive: dict[str, dict[int, np.ndarray]] = {}
         # Cells still to run, by defense, for deployments that rehearse (see expect()).
@@ -131,7 +136,7 @@ class Runner:
         registry = registry or make_registry()
         inputs = load_inputs(registry, cfg)
         return cls(inputs.model, inputs.evaluated, registry.metrics.values(), cfg.seed,
-                   cfg.timeout)
+                   cfg.timeout, cfg.resamples)
 
     def defended(self, cell: Cell) -> Model:
         """The model behind ``cell``'s defense, built on first use; a failed build is
@@ -304,6 +309,37 @@ class Runner:
         result.duration_s = round(time.perf_counter() - start, 4)
         return result
 
+    def _resample(self, outcome: Outcome, result: CellResult, label: str) -> None:
+        """Each measured metric on :attr:`resamples` bootstrap resamples of the outcome's
+        rows: the values go to ``result.resampled``, their spread to the metric's record.
+        Only metrics are recomputed; the attack is not run again.
+
+        Resample k draws from a generator seeded by the audit seed and k alone, so the
+        same rows are drawn in every cell of that size, and in an audit of another
+        version of the model: ``gauntlet diff`` pairs the two audits' values."""
+        measured = [m for m in self.metrics
+                    if m.name in result.metrics and not isinstance(m, Fact)]
+        if not measured:
+            return
+        values: dict[str, list[float | None]] = {m.name: [] for m in measured}
+        for k in range(self.resamples):
+            drawn = outcome.resample(np.random.default_rng([self.seed, k]))
+            if drawn is None:
+                return
+            for metric in measured:
+                try:
+                    v: float | None = float(metric.evaluate(drawn).value)
+                except Exception as exc:  # noqa: BLE001 - a resample the metric cannot take
+                    log.debug("cell %s: metric %r on resample %d: %s", label, metric.name, k,
+                              exc)
+                    v = None
+                values[metric.name].append(v if v is None or math.isfinite(v) else None)
+        for name, vs in values.items():
+            spread = spread_record([v for v in vs if v is not None])
+            if spread is not None:
+                result.metrics[name]["spread"] = spread
+                result.resampled[name] = [None if v is None else round(v, 6) for v in vs]
+
     def limited(self, model: Model) -> Dataset:
         """The evaluated data as a cell against ``model`` sees it: the first
         ``model.row_limit`` test rows when its deployment declares a limit (encrypted
@@ -336,6 +372,8 @@ class Runner:
                     why = f"{type(exc).__name__}: {exc}".strip()
                     result.metric_errors[metric.name] = why
                     log.warning("cell %s: metric %r failed: %s", label, metric.name, why)
+        if self.resamples:
+            self._resample(outcome, result, label)
         result.artifacts = outcome.artifacts()
         if getattr(attack, "minimal", False) and isinstance(outcome, EvasionOutcome):
             # The distances a minimal-perturbation attack found, for the report's

@@ -38,6 +38,7 @@ from gauntlet.reports.privacy import (
     ranking_metric,
     theft_rows,
 )
+from gauntlet.reports.stability import StabilityView, stability
 from gauntlet.reports.tables import (
     FAMILY_ORDER,
     FAMILY_TITLES,
@@ -68,6 +69,7 @@ class MatrixCell:
     status: str  # ok | not_applicable | error | missing
     attack: str
     attack_point: str
+    spread: str = ""  # --resamples: the value's 2.5-97.5 percentile range over resamples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +206,8 @@ class ReportContext:
     # one sentence per threat family, and what the findings leave out
     verdict: list[VerdictLine] = dataclasses.field(default_factory=list)
     findings_note: str = ""
+    # --resamples: the clean row's metrics with their spread, per defense
+    stability: StabilityView | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,8 +300,15 @@ def _matrix_cell(cell: Mapping[str, Any] | None, metric: str, meta: MetricMeta,
     interval = format_interval(rec.get("low"), rec.get("high"), meta)
     if interval:
         tip.append(f"95% interval: {interval}")
+    spread = ""
+    if isinstance(rec.get("spread"), Mapping):
+        s = rec["spread"]
+        spread = format_interval(s.get("low"), s.get("high"), meta)
+        sd = float(s.get("sd") or 0.0)
+        sd_text = f"{100 * sd:.1f} points" if meta.format == "percent" else f"{sd:.3g}"
+        tip.append(f"over {s.get('k')} bootstrap resamples: {spread} (sd {sd_text})")
     return MatrixCell(format_value(value, meta), "\n".join(tip), colour(bad),
-                      "" if bad is None else f"{bad:.4f}", status, attack, point)
+                      "" if bad is None else f"{bad:.4f}", status, attack, point, spread)
 
 
 def _attack_rows_note(cells: Iterable[Mapping[str, Any]], attack: str) -> str:
@@ -604,6 +615,6 @@ def build_context(result: Mapping[str, Any],
         checklist=checklist_views(result), checklist_findings=checklist_findings(result),
         naive=naive_tables(result), targeted=targeted_rows(result),
         privacy=_privacy(result), verdict=verdict(result),
-        findings_note=findings_note(result),
+        findings_note=findings_note(result), stability=stability(result),
     )
 

@@ -32,7 +32,7 @@ PROPORTIONS = {"clean_accuracy", "robust_accuracy", "attack_success_rate", "prec
                "backdoor_success", "triggered_accuracy", "target_success",
                "target_accuracy", "collateral_accuracy", "detection_precision",
                "detection_recall", "last_class_share", "last_class_share_shuffled",
-               "ordered_accuracy", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr"}
+               "ordered_accuracy", "tpr_at_1pct_fpr", "tpr_at_0_1pct_fpr", "trigger_size"}
 
 
 def onehot(labels, n_classes: int = 3, top: float = 0.9) -> np.ndarray:
@@ -59,7 +59,7 @@ def test_registered_with_metadata():
     registry = make_registry(entrypoints=False, plugins={"metrics": m})
     assert not registry.broken
     assert set(registry.metrics) == {cls.name for cls in m.METRICS}
-    assert len(m.METRICS) == 34
+    assert len(m.METRICS) == 36
     for cls in m.METRICS:
         assert re.fullmatch(r"[a-z][a-z0-9_]*", cls.name), cls.name
         assert cls.title and cls.title[0].isupper() and "_" not in cls.title
