@@ -280,10 +280,13 @@ def _replay(cfg: config_mod.AuditConfig, store_cache: Cache, key: str, out: Any,
         for cell in result["cells"]:
             if cell["id"] in records:
                 store.append(records[cell["id"]])
+    # What the audit took when it was computed, beside what replaying it took.
+    computed = prov["run"].get("computed_duration_s", prov.get("duration_s"))
     prov["duration_s"] = round(time.perf_counter() - started, 2)
     prov["run"] = {"executor": "replayed", "workers": None, "device": prov["run"]["device"],
                    "cache": display_path(str(store_cache.root)),
-                   "cells_reused": len(records), "cells_run": 0}
+                   "cells_reused": len(records), "cells_run": 0,
+                   "computed_duration_s": computed}
     audit_result = AuditResult(result, rows={i: r.get("rows") or {} for i, r in records.items()},
                                sections=sections)
     if out is not None or config is not None:

@@ -570,6 +570,16 @@ def _plugins(result: Mapping[str, Any]) -> list[PluginRow]:
             for (p, d, v), kinds in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0]))]
 
 
+def _run_time(prov: Mapping[str, Any]) -> str:
+    """The audit's run time; for a replay, what computing it took, as the replay's own
+    fraction of a second says nothing about the audit."""
+    run = prov.get("run") or {}
+    if run.get("executor") == "replayed" and run.get("computed_duration_s") is not None:
+        return (f"{_seconds(run['computed_duration_s'])} (replayed from the cache in "
+                f"{_seconds(prov.get('duration_s'))})")
+    return _seconds(prov.get("duration_s"))
+
+
 def _title(result: Mapping[str, Any], model_name: str) -> str:
     """The config's title when it set one, else "Gauntlet audit: MODEL"."""
     title = _text(result.get("title"))
@@ -596,7 +606,7 @@ def build_context(result: Mapping[str, Any],
              ("Data", data_name),
              ("Evaluated on", f"{data['n_eval']} test samples" if data.get("n_eval") else "—"),
              ("Seed", _text(prov.get("seed")) or "—"),
-             ("Run time", _seconds(prov.get("duration_s")))]
+             ("Run time", _run_time(prov))]
     if (membership := privacy_summary(result)) is not None:
         facts.append(("Membership inference", membership))
     legend = [colour(b / 4) for b in range(5)]

@@ -1,10 +1,12 @@
 """Shared fixtures: the real digits data and the built-in CNN, trained once per session;
-and :func:`plugin`, which makes an in-process plugin of test classes."""
+the demo audit's content cache, kept between sessions; and :func:`plugin`, which makes an
+in-process plugin of test classes."""
 from __future__ import annotations
 
 import os
 import tempfile
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,6 +61,18 @@ def _own_cache(tmp_path_factory: pytest.TempPathFactory,
     """Each test (and every gauntlet process it starts) gets a content cache of its own:
     a test must never reuse another's cells, nor fill the user's cache folder."""
     monkeypatch.setenv("GAUNTLET_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def demo_cache(pytestconfig: pytest.Config,
+               tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo audit's content cache, kept in pytest's cache folder between sessions
+    (``--cache-clear`` empties it): the CLI demo test copies its freshly computed cells
+    here, and the browser test (tests/test_browser.py) replays them to get the demo's
+    report instead of computing the same 578 cells a second time."""
+    if getattr(pytestconfig, "cache", None) is None:  # -p no:cacheprovider
+        return tmp_path_factory.mktemp("demo-cache")
+    return Path(pytestconfig.cache.mkdir("gauntlet-demo-cache"))
 
 
 @pytest.fixture

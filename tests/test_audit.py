@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -135,13 +136,15 @@ def test_plugin_markup_is_escaped_in_the_report(digits, digits_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_audit_through_the_cli(tmp_path):
+def test_demo_audit_through_the_cli(tmp_path, demo_cache):
     """`gauntlet audit` with no arguments: every built-in attack x every built-in defense."""
     # As a user runs it: torch's default threads, not the one a pytest-xdist worker keeps.
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     proc = subprocess.run([sys.executable, "-m", "gauntlet", "audit", "--no-progress"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # Computed in this test's own empty cache; handed on so the browser test replays it.
+    shutil.copytree(os.environ["GAUNTLET_CACHE_DIR"], demo_cache, dirs_exist_ok=True)
     out = tmp_path / "gauntlet-report"
     html = (out / "report.html").read_text()
     data = json.loads((out / "results.json").read_text())

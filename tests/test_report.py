@@ -599,7 +599,8 @@ def test_report_renders_in_a_browser_under_its_policy(tmp_path: Path, result: di
     assert charts(built) == charts(_tags(html).tags) == 10  # every chart made it in
 
     shot = tmp_path / "report.png"
-    run = _headless(page, f"--screenshot={shot}", "--window-size=1280,1200")
+    # Tall enough to reach the first matrices below the summary's verdict and findings.
+    run = _headless(page, f"--screenshot={shot}", "--window-size=1280,4000")
     assert _csp_complaints(run.stderr) == []
     import matplotlib.image
 
