@@ -130,7 +130,8 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     cells = plan(registry, defense_sel, attack_sel)  # validates names and parameters
     gate_mod.validate(checks, metrics={n: m.bounds for n, m in registry.metrics.items()},
                       attacks={c.attack.name for c in cells} | {WORST_CASE},
-                      defenses={c.defense.name for c in cells})
+                      defenses={c.defense.name for c in cells},
+                      points=_points(cells), measures=_measures(cells, registry))
 
     chosen_device = device_mod.select(cfg.device)
     if cfg.worker_memory and getattr(executor, "kind", cfg.executor) != "process":
@@ -240,6 +241,32 @@ def _usable(cache: Cache) -> Cache:
         raise ConfigError(f"the cache folder {root} cannot be written; give another "
                           "(--cache DIR) or turn it off (--no-cache)")
     return cache
+
+
+def _points(cells: Sequence[Cell]) -> dict[str, set[str]]:
+    """Per attack, the points its planned cells run."""
+    out: dict[str, set[str]] = {}
+    for cell in cells:
+        out.setdefault(cell.attack.name, set()).add(cell.attack_point)
+    return out
+
+
+def _measures(cells: Sequence[Cell], registry: Registry) -> dict[str, set[str]]:
+    """Per attack whose outcome type is declared, the metrics that can apply to it (a
+    serving wrapper's facts apply to the clean row of its defense, so ``clean`` is left
+    out: its metrics depend on the deployment)."""
+    from gauntlet.metric import Fact
+
+    out: dict[str, set[str]] = {}
+    for cell in cells:
+        outcome = getattr(cell.attack, "outcome", None)
+        if cell.attack.name == "clean" or not isinstance(outcome, type) or \
+                outcome is object:
+            continue
+        out[cell.attack.name] = {name for name, m in registry.metrics.items()
+                                 if not issubclass(m, Fact) and
+                                 issubclass(outcome, tuple(m.applies_to))}
+    return out
 
 
 def _replayable(model: Any, data: Any, executor: Any, cfg: config_mod.AuditConfig) -> bool:

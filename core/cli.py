@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("config", nargs="?", help="audit TOML file (default: the built-in demo)")
     a.add_argument("--model", help="builtin:cnn, builtin:mlp, or a model file")
     a.add_argument("--arch", help="package.module:factory for a state_dict/safetensors file")
-    a.add_argument("--data", help="sklearn:digits, idx:DIR or npz:FILE")
+    a.add_argument("--data", help="sklearn:digits (or another scikit-learn set), idx:DIR, "
+                   "npz:FILE or csv:FILE")
     a.add_argument("--attacks", help="comma-separated attack names (default: all)")
     a.add_argument("--defenses", help="comma-separated defense names (default: all)")
     a.add_argument("--out", help="output folder (default: gauntlet-report)")
@@ -357,10 +358,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
         raise ConfigError(f"--top must be >= 0, got {args.top}")
     found = diff(args.a, args.b)
     out = Path(args.out or "gauntlet-diff")
-    html = write_diff(found, out / "diff.html")
     data = found.to_dict()
-    (out / "diff.json").write_text(json.dumps(data, indent=1, allow_nan=False) + "\n",
-                                   encoding="utf-8")
+    try:
+        html = write_diff(found, out / "diff.html")
+        (out / "diff.json").write_text(json.dumps(data, indent=1, allow_nan=False) + "\n",
+                                       encoding="utf-8")
+    except OSError as exc:  # exit 1 means "changed": a folder we cannot write is exit 2
+        raise ConfigError(f"cannot write the diff to {out}: {exc.strerror or exc}") from None
     if args.json:
         print(json.dumps(data, indent=1, allow_nan=False))
     else:

@@ -290,9 +290,10 @@ def check(cfg: AuditConfig) -> AuditConfig:
                           f"got {timeout!r}")
     cfg.timeout = float(timeout)
     if isinstance(cfg.resamples, bool) or not isinstance(cfg.resamples, int) \
-            or not 0 <= cfg.resamples <= MAX_RESAMPLES:
-        raise ConfigError(f"resamples must be an integer from 0 to {MAX_RESAMPLES} (0 = "
-                          f"none; the founding study used 10), got {cfg.resamples!r}")
+            or not (cfg.resamples == 0 or 2 <= cfg.resamples <= MAX_RESAMPLES):
+        raise ConfigError(f"resamples must be 0 (none) or an integer from 2 to "
+                          f"{MAX_RESAMPLES} (a spread needs two values; the founding study "
+                          f"used 10), got {cfg.resamples!r}")
     for key in ("workers", "worker_memory"):
         value = getattr(cfg, key)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -287,7 +287,7 @@ def _mcnemar(gained: int, lost: int) -> float:
     return 1.0 if n == 0 else float(binomtest(gained, n, 0.5).pvalue)
 
 
-def _behaviour(a: Audit, b: Audit, notes: list[str]) -> Behaviour | None:
+def _behaviour(a: Audit, b: Audit, notes: list[str], paired: bool) -> Behaviour | None:
     def clean(audit: Audit) -> dict[str, np.ndarray] | None:
         for cell in audit.result["cells"]:
             if cell["attack"] == "clean" and cell["defense"] == "none" and \
@@ -298,6 +298,10 @@ def _behaviour(a: Audit, b: Audit, notes: list[str]) -> Behaviour | None:
                     return rows
         return None
 
+    if not paired:
+        notes.append("Behaviour probes skipped: they compare the same rows in both audits, "
+                     "which another dataset or another seed does not guarantee.")
+        return None
     ra, rb = clean(a), clean(b)
     if ra is None or rb is None:
         notes.append("Behaviour probes skipped: an audit has no per-row predictions of its "
@@ -307,7 +311,7 @@ def _behaviour(a: Audit, b: Audit, notes: list[str]) -> Behaviour | None:
     common, ia, ib = np.intersect1d(ra["row"], rb["row"], return_indices=True)
     if not len(common) or not np.array_equal(ra["label"][ia], rb["label"][ib]):
         notes.append("Behaviour probes skipped: the two audits' clean rows are not the "
-                     "same rows with the same labels (another dataset or --samples?).")
+                     "same rows with the same labels (another dataset, --samples or seed).")
         return None
     label, pa, pb = ra["label"][ia], ra["predicted"][ia], rb["predicted"][ib]
     n = len(common)
@@ -363,9 +367,13 @@ def _triggers(cells_a: Mapping[tuple[str, str, str, str], Mapping[str, Any]],
                                float(sb["reach"][c]), float(sa["anomaly"][c]), anomaly_b,
                                shrink_anomaly, int(sb["pixels"]), flagged))
     if not out:
-        notes.append("No trigger scan in both audits: add trigger-scan to both "
-                     "(--attacks ...,trigger-scan) to check for a backdoor inserted between "
-                     "the versions.")
+        ran = [name for name, cells in (("A", cells_a), ("B", cells_b))
+               if any(k[2] == SCAN for k in cells)]
+        where = f"only {ran[0]} ran trigger-scan" if len(ran) == 1 else \
+            "neither audit ran trigger-scan"
+        notes.append(f"No trigger scan to compare: {where}; add it to both (--attacks "
+                     "...,trigger-scan) to check for a backdoor inserted between the "
+                     "versions.")
     return out
 
 
@@ -395,17 +403,21 @@ def _comparable(a: Audit, b: Audit, notes: list[str]) -> bool:
             raise ConfigError(f"the audits' data differ in {key} ({da[key]} against "
                               f"{db[key]}): a diff compares two versions of a model on the "
                               "same rows (same data, same --samples)")
-    if da.get("spec") != db.get("spec"):
-        notes.append(f"The data specs differ ({da.get('spec')}, {db.get('spec')}); the "
-                     "rows are compared as the same rows.")
     paired = True
+    if da.get("spec") != db.get("spec"):
+        notes.append(f"The data specs differ ({da.get('spec')}, {db.get('spec')}): rows "
+                     "with the same index may hold different inputs, so nothing is paired "
+                     "row by row.")
+        paired = False
     if pa.get("seed") != pb.get("seed"):
         notes.append(f"The audits used different seeds ({pa.get('seed')}, {pb.get('seed')}): "
                      "their attacks drew different randomness, and changes are not paired.")
         paired = False
     ka = a.result["config"].get("resamples") or 0
     kb = b.result["config"].get("resamples") or 0
-    if not (ka and kb):
+    if not paired:
+        pass
+    elif not (ka and kb):
         notes.append("Changes are unpaired (from the two intervals): audit both versions "
                      "with --resamples K (30 or more) to pair them row by row, which "
                      "detects far smaller changes.")
@@ -435,7 +447,7 @@ def compare(a: Audit, b: Audit) -> Diff:
             change = _change(ca, cb, metric, meta.get(metric, {}), paired_ok, ra, rb)
             if change is not None:
                 changes.append(change)
-    behaviour = _behaviour(a, b, notes)
+    behaviour = _behaviour(a, b, notes, paired_ok)
     triggers = _triggers(cells_a, cells_b, notes)
     # One family of tests for the verdict: every metric change, every class pair's
     # McNemar test and the confidence shift.
@@ -508,8 +520,8 @@ def headline(d: Diff) -> str:
                 "beyond sampling noise (after false-discovery-rate control).")
     return (f"NO SIGNIFICANT CHANGE: none of {counts['values']} values in {counts['cells']} "
             f"cells moved beyond sampling noise after false-discovery-rate control "
-            f"({counts['beyond_noise']} have a 95% interval excluding zero; chance alone "
-            f"gives about {0.05 * counts['tested']:.0f}).")
+            f"({counts['beyond_noise']} of the {counts['tested']} with an interval exclude "
+            f"zero at 95%; chance alone gives about {0.05 * counts['tested']:.0f}).")
 
 
 def text(d: Diff, top: int = 10) -> list[str]:

@@ -158,13 +158,22 @@ def known_names(result: Mapping[str, Any]) -> dict[str, Any]:
     """What a results.json object lets a check name, as :func:`validate`'s keyword
     arguments: its metrics with their bounds, and the attacks and defenses of its cells."""
     cells = result.get("cells") or []
+    points: dict[str, set[str]] = {}
+    measures: dict[str, set[str]] = {}
+    for c in cells:
+        points.setdefault(c["attack"], set()).add(c.get("attack_point") or "")
+        if c.get("status") == "ok":
+            measures.setdefault(c["attack"], set()).update(c.get("metrics") or {})
     return {"metrics": {name: entry.get("bounds")
                         for name, entry in (result.get("metrics") or {}).items()},
-            "attacks": {c["attack"] for c in cells}, "defenses": {c["defense"] for c in cells}}
+            "attacks": {c["attack"] for c in cells}, "defenses": {c["defense"] for c in cells},
+            "points": points, "measures": measures}
 
 
 def validate(checks: Iterable[Check], *, metrics: Mapping[str, Sequence[float] | None],
-             attacks: Collection[str], defenses: Collection[str]) -> None:
+             attacks: Collection[str], defenses: Collection[str],
+             points: Mapping[str, Collection[str]] | None = None,
+             measures: Mapping[str, Collection[str]] | None = None) -> None:
     """Raise :class:`GateError` for a check naming a metric, an attack or a defense the
     audit does not have, or a threshold outside its metric's bounds (``>= 50`` for a
     proportion, meant as 50%), before anything runs.
@@ -172,6 +181,10 @@ def validate(checks: Iterable[Check], *, metrics: Mapping[str, Sequence[float] |
     :param metrics: every metric name, with its ``(low, high)`` bounds or None.
     :param attacks: the attacks the audit runs (``clean`` included).
     :param defenses: the defenses it runs.
+    :param points: per attack, the points its sweep runs (a check naming another point
+        is a typo, not a regression).
+    :param measures: per attack, the metrics that can apply to what it returns (an
+        attack missing here is not checked).
     """
     for check in checks:
         where = f"gate check {check.text or str(check)!r}"
@@ -185,6 +198,15 @@ def validate(checks: Iterable[Check], *, metrics: Mapping[str, Sequence[float] |
                 raise GateError(f"{where}: {kind} {name!r} is not in this audit"
                                 f"{_suggest(name, planned)} (it runs: "
                                 f"{', '.join(sorted(planned)) or 'none'})")
+        known = (points or {}).get(check.attack)
+        if check.point is not None and known is not None and check.point not in known:
+            listed = ", ".join(f'"{p}"' for p in sorted(known))
+            raise GateError(f"{where}: {check.attack} runs no point \"{check.point}\" (its "
+                            f"points: {listed or 'none'})")
+        measured = (measures or {}).get(check.attack)
+        if measured is not None and check.metric not in measured:
+            raise GateError(f"{where}: {check.attack} does not measure {check.metric} (it "
+                            f"measures: {', '.join(sorted(measured)) or 'nothing'})")
         bounds = metrics[check.metric]
         if bounds and not bounds[0] <= check.threshold <= bounds[1]:
             hint = f" (a percentage? write {check.threshold:g}% or " \

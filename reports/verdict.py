@@ -117,6 +117,12 @@ def _clause(result: Mapping[str, Any], e: Effect, reference: Key,
         return f"{who} moves {value} of the rows it aims at to the class it wants"
     if m in ("membership_auc", "membership_advantage"):
         what = "AUC" if m == "membership_auc" else "advantage"
+        rec = (e.cell.get("metrics") or {}).get(m) or {}
+        low, high = rec.get("low"), rec.get("high")
+        if low is not None and high is not None and low <= e.reference <= high:
+            # An attack within sampling noise of chance found nothing: say so.
+            return (f"{who} does no better than chance at telling training members from "
+                    f"non-members ({what} {value}, chance {ref}, within sampling noise)")
         tpr = _extra(result, e, "tpr_at_1pct_fpr")
         tail = f", catching {tpr} of members at 1% false positives" if tpr else ""
         return (f"{who} tells training members from non-members with {what} {value} "
@@ -134,6 +140,12 @@ def _clause(result: Mapping[str, Any], e: Effect, reference: Key,
                f"({ref} when shuffled)"
     if m == "tamper_success":
         return f"{who} lets a malicious server replace {value} of answers"
+    if m == "trigger_anomaly":
+        flagged = (e.cell.get("artifacts") or {}).get("trigger_scan", {}).get("flagged")
+        found = (f"flags class {', '.join(map(str, flagged))} as a backdoor's likely target"
+                 if flagged else "flags no class")
+        return (f"{who} {found}: the anomaly index of the smallest class trigger is "
+                f"{value} (above 2 flags a class)")
     if m == "server_recovery":
         return f"{who} lets the server recover {value} of served labels ({ref} by chance)"
     title = metric_meta(result, m).title

@@ -156,11 +156,37 @@ def test_bad_input_exits_2_with_one_line(audits, tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{\"cells\": []}")
     assert main(["diff", str(audits / "a"), str(tmp_path / "bad.json")]) == 2
     assert "not a Gauntlet results.json" in capsys.readouterr().err
+    # A folder that cannot be written is bad input too, never exit 1 ("changed").
+    (tmp_path / "afile").write_text("")
+    assert main(["diff", str(audits / "a"), str(audits / "a"), "--out",
+                 str(tmp_path / "afile")]) == 2
+    assert "cannot write the diff to" in capsys.readouterr().err
     other = json.loads((audits / "a" / "results.json").read_text())
     other["provenance"]["data"]["n_eval"] = 99
     (tmp_path / "other.json").write_text(json.dumps(other))
     assert main(["diff", str(audits / "a"), str(tmp_path / "other.json")]) == 2
     assert "same rows" in capsys.readouterr().err
+
+
+def test_other_data_of_the_same_shape_is_never_paired(audits, tmp_path):
+    """Same shape, same row count, another dataset (a new user's npz split): row i is
+    another input in each audit, so nothing may be paired row by row."""
+    for name in ("a", "seed1"):
+        shutil.copytree(audits / name, tmp_path / name)
+    moved = json.loads((tmp_path / "seed1" / "results.json").read_text())
+    moved["provenance"]["data"]["spec"] = "npz:other-split.npz"
+    (tmp_path / "seed1" / "results.json").write_text(json.dumps(moved))
+    d = diff(tmp_path / "a", tmp_path / "seed1")
+    assert "paired" not in {c.method for c in d.changes}
+    assert d.behaviour is None
+    assert any("data specs differ" in n for n in d.notes)
+
+
+def test_the_page_shows_the_counts(audits):
+    d = diff(audits / "a", audits / "seed1")
+    html = render_diff(d)
+    assert "built-in method" not in html
+    assert f"<dd>{d.counts()['values']} ({d.counts()['paired']} paired)</dd>" in html
 
 
 def test_plugin_text_in_the_diff_page_is_escaped(audits, tmp_path):

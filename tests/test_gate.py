@@ -338,6 +338,11 @@ def test_a_failing_gate_exits_1_after_writing_everything_and_a_replay_is_gated_t
     ("robust_accuracy.pgd >= 0.5", "attack 'pgd' is not in this audit"),
     ("robust_accuracy.fgsm >= 50", "outside robust_accuracy's range"),
     ("robust_accuracy.fgsm[eps=0.1] >= 0.5", "argument --gate: gate check"),
+    # A typo in a point, or a metric the attack never produces, is known from the plan:
+    # it must not cost a whole audit and then read as a regression (exit 1).
+    ('robust_accuracy.fgsm["eps=0.15"] >= 0.5', 'fgsm runs no point "eps=0.15" (its points: '
+                                                 '"eps=0.05", "eps=0.1"'),
+    ("membership_auc.fgsm >= 0.5", "fgsm does not measure membership_auc (it measures: "),
 ])
 def test_a_bad_gate_check_exits_2_with_one_line_before_anything_runs(tmp_path, gate, fragment):
     proc = gauntlet_cli("audit", *IRIS, "--out", str(tmp_path / "o"), "--no-cache",

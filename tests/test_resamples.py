@@ -148,16 +148,16 @@ def test_a_cached_cell_without_resamples_is_not_reused_for_a_run_with_them(digit
                for m in c["metrics"].values())
 
 
-@pytest.mark.parametrize("value", [-1, 1.5, True, 10_001])
+@pytest.mark.parametrize("value", [-1, 1, 1.5, True, 10_001])
 def test_a_bad_resample_count_is_a_config_error(value):
-    with pytest.raises(ConfigError, match="resamples must be an integer"):
+    with pytest.raises(ConfigError, match=r"resamples must be 0 \(none\) or an integer"):
         gauntlet.audit(model="builtin:mlp", data="sklearn:digits", resamples=value)
 
 
 def test_the_cli_refuses_a_negative_count(capsys, tmp_path: Path):
     assert main(["audit", "--resamples", "-2", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "resamples must be an integer" in err and "Traceback" not in err
+    assert "resamples must be 0 (none) or an integer" in err and "Traceback" not in err
 
 
 def test_the_report_shows_the_spread_in_the_matrix_and_the_clean_table(audited):
