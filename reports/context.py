@@ -577,6 +577,10 @@ def _run_time(prov: Mapping[str, Any]) -> str:
     if run.get("executor") == "replayed" and run.get("computed_duration_s") is not None:
         return (f"{_seconds(run['computed_duration_s'])} (replayed from the cache in "
                 f"{_seconds(prov.get('duration_s'))})")
+    reused, ran = run.get("cells_reused") or 0, run.get("cells_run") or 0
+    if reused:  # the time says little about the audit when the cache did its work
+        share = "every cell" if not ran else f"{reused} of {reused + ran} cells"
+        return f"{_seconds(prov.get('duration_s'))} ({share} from the cache)"
     return _seconds(prov.get("duration_s"))
 
 
