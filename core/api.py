@@ -114,7 +114,8 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
             replayed = None if memo_key is None else _replay(cfg, store_cache, memo_key,
                                                               out, config, checks)
         if replayed is not None:
-            return _judged(replayed, checks, cfg, out, config)
+            with using(store_cache):
+                return _judged(replayed, checks, cfg, out, config)
     registry = registry or make_registry()
     registry.check_conflicts()
     if registry.broken:
@@ -145,7 +146,7 @@ def audit(model: str | Model | Any = None, data: str | Dataset | None = None, *,
     with using(store_cache):
         audit_result = _run(cfg, registry, cells, model, data, out, config, on_cell, run_on,
                             store_cache, chosen_device, memo_key)
-    return _judged(audit_result, checks, cfg, out, config)
+        return _judged(audit_result, checks, cfg, out, config)
 
 
 def _run(cfg: config_mod.AuditConfig, registry: Registry, cells: list[Cell], model: Any,
@@ -324,13 +325,15 @@ def _replay(cfg: config_mod.AuditConfig, store_cache: Cache, key: str, out: Any,
 def _judged(audit_result: AuditResult, checks: Sequence[gate_mod.Check],
             cfg: config_mod.AuditConfig, out: Any, config: Any) -> AuditResult:
     """``audit_result`` with the gate's verdicts in its results (``gate``), and in its
-    results.json when one was written. After the report, and after the audit is
-    remembered (:mod:`gauntlet.memo`): a gate judges an audit, it is not part of it."""
+    results.json and report when they were written. After the audit is remembered
+    (:mod:`gauntlet.memo`): a gate judges an audit, it is not part of it. The report is
+    written again with the verdicts (its charts come from the cache: they do not depend
+    on the gate)."""
     if checks:
         verdicts = gate_mod.evaluate(audit_result.result, checks)
         audit_result.result["gate"] = [v.to_dict() for v in verdicts]
         if out is not None or config is not None:
-            audit_result.write_json(Path(cfg.out))
+            audit_result.write_report(Path(cfg.out) / "report.html")
     return audit_result
 
 

@@ -208,6 +208,21 @@ class ReportContext:
     findings_note: str = ""
     # --resamples: the clean row's metrics with their spread, per defense
     stability: StabilityView | None = None
+    # the gate's verdicts (results.json "gate"), failed first
+    gate: list[GateRow] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class GateRow:
+    check: str
+    passed: bool
+    message: str
+
+
+def _gate(result: Mapping[str, Any]) -> list[GateRow]:
+    rows = [GateRow(_text(v.get("expression")), bool(v.get("passed")), _text(v.get("message")))
+            for v in result.get("gate") or () if isinstance(v, Mapping)]
+    return sorted(rows, key=lambda r: r.passed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -462,7 +477,7 @@ def _drawn(build: Callable[[Mapping[str, Any]], Any], result: Mapping[str, Any])
     cache = active()
     if cache is None:
         return build(result)
-    content = {k: v for k, v in result.items() if k not in ("provenance", "config")}
+    content = {k: v for k, v in result.items() if k not in ("provenance", "config", "gate")}
     content["provenance"] = {k: v for k, v in (result.get("provenance") or {}).items()
                              if k not in _VOLATILE}
     content["config"] = {k: v for k, v in (result.get("config") or {}).items()
@@ -630,5 +645,6 @@ def build_context(result: Mapping[str, Any],
         naive=naive_tables(result), targeted=targeted_rows(result),
         privacy=_privacy(result), verdict=verdict(result),
         findings_note=findings_note(result), stability=stability(result),
+        gate=_gate(result),
     )
 

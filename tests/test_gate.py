@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import plugin
+from markupsafe import escape as html_escape
 
 import gauntlet
 from gauntlet import Access, Attack, Family, memo
@@ -321,6 +322,13 @@ def test_a_failing_gate_exits_1_after_writing_everything_and_a_replay_is_gated_t
                                f'{first["value"] * 100:.1f}% [')
     assert lines[0].endswith(f"(n={first['n']})")
     assert "gate:" not in proc.stdout
+    # The report shows the same verdicts, failed first, each check escaped as text.
+    html = (out / "report.html").read_text()
+    shown = re.findall(r'<tr data-passed="(yes|no)"><td><code>(.*?)</code>', html)
+    assert [p for p, _ in shown] == sorted(("yes" if v["passed"] else "no")
+                                           for v in saved["gate"])  # "no" first
+    assert shown[0][1] == html_escape(saved["gate"][[v["passed"] for v in
+                                                     saved["gate"]].index(False)]["expression"])
 
     # the same audit, another threshold: replayed from the cache, gated anew
     proc = gauntlet_cli("audit", *args, "--gate", "clean_accuracy.clean >= 0.1",
