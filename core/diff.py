@@ -40,7 +40,7 @@ import numpy as np
 
 from gauntlet.errors import ConfigError
 from gauntlet.metric import wilson
-from gauntlet.outcome import ANOMALY_THRESHOLD
+from gauntlet.outcome import ANOMALY_THRESHOLD, below_median
 from gauntlet.results import check_result
 from gauntlet.rows import unpack
 
@@ -253,6 +253,7 @@ def _same_rows(ra: Mapping[str, Any] | None, rb: Mapping[str, Any] | None) -> bo
 def _change(cell_a: Mapping[str, Any], cell_b: Mapping[str, Any], metric: str,
             meta: Mapping[str, Any], paired_ok: bool, ra: Mapping[str, Any] | None,
             rb: Mapping[str, Any] | None) -> Change | None:
+    """``paired_ok``: the audits may be paired and these two records drew the same rows."""
     ma, mb = cell_a["metrics"][metric], cell_b["metrics"][metric]
     if ma["value"] is None or mb["value"] is None:
         return None
@@ -260,7 +261,7 @@ def _change(cell_a: Mapping[str, Any], cell_b: Mapping[str, Any], metric: str,
     delta, low, high, method, p = b - a, None, None, "none", None
     va = (ra or {}).get("resampled", {}).get(metric)
     vb = (rb or {}).get("resampled", {}).get(metric)
-    if paired_ok and va and vb and len(va) == len(vb) and _same_rows(ra, rb):
+    if paired_ok and va and vb and len(va) == len(vb):
         d = np.array([y - x for x, y in zip(va, vb) if x is not None and y is not None])
         if len(d) >= 2:
             se = float(d.std(ddof=1))
@@ -355,11 +356,9 @@ def _triggers(cells_a: Mapping[tuple[str, str, str, str], Mapping[str, Any]],
         # Each class's change of trigger size, against the other classes' changes (the
         # anomaly index of Neural Cleanse, on log ratios): a retrained model moves every
         # class's trigger a little; a backdoor shrinks one class's alone.
-        ratio = np.log(size_b / size_a)
-        median = float(np.median(ratio))
-        mad = max(1.4826 * float(np.median(np.abs(ratio - median))), MIN_LOG_MAD)
+        shrink = below_median(np.log(size_b / size_a), floor=MIN_LOG_MAD)
         for c in range(len(size_a)):
-            shrink_anomaly = float((median - ratio[c]) / mad)
+            shrink_anomaly = float(shrink[c])
             anomaly_b = float(sb["anomaly"][c])
             flagged = bool(size_b[c] <= SHRINK * size_a[c] and (
                 anomaly_b > ANOMALY_THRESHOLD or shrink_anomaly > ANOMALY_THRESHOLD))
@@ -443,8 +442,9 @@ def compare(a: Audit, b: Audit) -> Diff:
         if ca is None or ca["status"] != "ok" or cb["status"] != "ok":
             continue
         ra, rb = a.records.get(ca["id"]), b.records.get(cb["id"])
+        same = paired_ok and _same_rows(ra, rb)  # once per cell, not per metric
         for metric in sorted(ca["metrics"].keys() & cb["metrics"].keys()):
-            change = _change(ca, cb, metric, meta.get(metric, {}), paired_ok, ra, rb)
+            change = _change(ca, cb, metric, meta.get(metric, {}), same, ra, rb)
             if change is not None:
                 changes.append(change)
     behaviour = _behaviour(a, b, notes, paired_ok)
@@ -475,25 +475,25 @@ def diff(path_a: str | Path, path_b: str | Path) -> Diff:
     return compare(load_audit(path_a), load_audit(path_b))
 
 
-def _value(metric: Mapping[str, Any], v: float) -> str:
-    return f"{v:.1%}" if metric.get("format") == "percent" else f"{v:.4g}"
-
-
-def _delta(metric: Mapping[str, Any], v: float) -> str:
+def shown(metric: Mapping[str, Any], v: float | None, change: bool = False) -> str:
+    """A value (``change``: a difference, signed; in points for a percent metric) as
+    the metric's format prints it; "—" for none. The text and the page both use it."""
+    if v is None:
+        return "—"
     if metric.get("format") == "percent":
-        return f"{100 * v:+.1f} points"
-    return f"{v:+.4g}"
+        return f"{100 * v:+.1f}" if change else f"{v:.1%}"
+    return f"{v:+.4g}" if change else f"{v:.4g}"
 
 
 def describe(change: Change, metric: Mapping[str, Any]) -> str:
     """One line: the metric, the cell, A to B, the change and its interval."""
     title = metric.get("title") or change.metric
-    line = (f"{title}, {change.cell}: {_value(metric, change.a)} -> "
-            f"{_value(metric, change.b)} ({_delta(metric, change.delta)}")
+    points = " points" if metric.get("format") == "percent" else ""
+    line = (f"{title}, {change.cell}: {shown(metric, change.a)} -> "
+            f"{shown(metric, change.b)} ({shown(metric, change.delta, True)}{points}")
     if change.low is not None and change.high is not None:
-        pct = metric.get("format") == "percent"
-        fmt = (lambda v: f"{100 * v:+.1f}") if pct else (lambda v: f"{v:+.3g}")
-        line += f", 95% [{fmt(change.low)}, {fmt(change.high)}] {change.method}"
+        line += (f", 95% [{shown(metric, change.low, True)}, "
+                 f"{shown(metric, change.high, True)}] {change.method}")
     line += ")"
     if change.better is not None and change.beyond_noise:
         line += " better" if change.better else " worse"

@@ -162,8 +162,9 @@ def known_names(result: Mapping[str, Any]) -> dict[str, Any]:
     measures: dict[str, set[str]] = {}
     for c in cells:
         points.setdefault(c["attack"], set()).add(c.get("attack_point") or "")
-        if c.get("status") == "ok":
-            measures.setdefault(c["attack"], set()).update(c.get("metrics") or {})
+        if c.get("status") == "ok":  # a metric that raised was still one that applies
+            measures.setdefault(c["attack"], set()).update(c.get("metrics") or {},
+                                                           c.get("metric_errors") or {})
     return {"metrics": {name: entry.get("bounds")
                         for name, entry in (result.get("metrics") or {}).items()},
             "attacks": {c["attack"] for c in cells}, "defenses": {c["defense"] for c in cells},

@@ -535,6 +535,18 @@ class TamperOutcome(Outcome):
 ANOMALY_THRESHOLD = 2.0
 
 
+def below_median(values: np.ndarray, floor: float = 0.0) -> np.ndarray:
+    """How many consistent median absolute deviations (1.4826 x MAD, at least ``floor``)
+    each value lies below the values' median; 0 for those above it. Neural Cleanse's
+    anomaly index, and ``gauntlet diff``'s test of one class's trigger shrinking."""
+    v = np.asarray(values, dtype=np.float64)
+    median = float(np.median(v))
+    mad = 1.4826 * float(np.median(np.abs(v - median)))
+    # All values equal (MAD 0) and no floor: nothing stands out, unless one is smaller.
+    scale = max(mad, floor) if max(mad, floor) > 0 else max(abs(median) * 1e-3, 1e-9)
+    return np.clip((median - v) / scale, 0.0, None)
+
+
 @dataclasses.dataclass
 class TriggerScanOutcome(Outcome):
     """The smallest trigger found per class: a mask and pattern that, stamped on clean
@@ -567,12 +579,7 @@ class TriggerScanOutcome(Outcome):
         """Per class, how many consistent median absolute deviations its trigger lies
         below the median size (Neural Cleanse's anomaly index; > 2 is flagged). Classes
         above the median score 0: only a small trigger is suspect."""
-        size = np.asarray(self.size, dtype=np.float64)
-        median = float(np.median(size))
-        mad = 1.4826 * float(np.median(np.abs(size - median)))
-        # All sizes equal (MAD 0): nothing stands out, unless one is smaller.
-        scale = mad if mad > 0 else max(median * 1e-3, 1e-9)
-        return np.clip((median - size) / scale, 0.0, None)
+        return below_median(self.size)
 
     def flagged(self) -> list[int]:
         """The classes whose anomaly index exceeds :data:`ANOMALY_THRESHOLD`."""

@@ -38,7 +38,7 @@ from gauntlet.reports.privacy import (
     ranking_metric,
     theft_rows,
 )
-from gauntlet.reports.stability import StabilityView, stability
+from gauntlet.reports.stability import StabilityView, format_sd, stability
 from gauntlet.reports.tables import (
     FAMILY_ORDER,
     FAMILY_TITLES,
@@ -319,9 +319,8 @@ def _matrix_cell(cell: Mapping[str, Any] | None, metric: str, meta: MetricMeta,
     if isinstance(rec.get("spread"), Mapping):
         s = rec["spread"]
         spread = format_interval(s.get("low"), s.get("high"), meta)
-        sd = float(s.get("sd") or 0.0)
-        sd_text = f"{100 * sd:.1f} points" if meta.format == "percent" else f"{sd:.3g}"
-        tip.append(f"over {s.get('k')} bootstrap resamples: {spread} (sd {sd_text})")
+        tip.append(f"over {s.get('k')} bootstrap resamples: {spread} (sd "
+                   f"{format_sd(float(s.get('sd') or 0.0), meta)})")
     return MatrixCell(format_value(value, meta), "\n".join(tip), colour(bad),
                       "" if bad is None else f"{bad:.4f}", status, attack, point, spread)
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import gauntlet
-from gauntlet.diff import Diff, describe, headline, ranked
+from gauntlet.diff import Diff, describe, headline, ranked, shown
 from gauntlet.reports.html import _environment
 
 TEMPLATE = "diff.html"
@@ -44,23 +43,15 @@ class DiffView:
     diff: Diff
 
 
-def _fmt(meta: dict[str, Any], v: float | None, delta: bool = False) -> str:
-    if v is None:
-        return "—"
-    if meta.get("format") == "percent":
-        return f"{100 * v:+.1f}" if delta else f"{v:.1%}"
-    return f"{v:+.4g}" if delta else f"{v:.4g}"
-
-
 def build(d: Diff) -> DiffView:
     rows = []
     beyond = [c for c in ranked(d.changes) if c.beyond_noise]
     for c in beyond[:SHOWN]:
         meta = d.metrics.get(c.metric, {})
-        interval = (f"[{_fmt(meta, c.low, True)}, {_fmt(meta, c.high, True)}]"
+        interval = (f"[{shown(meta, c.low, True)}, {shown(meta, c.high, True)}]"
                     if c.low is not None and c.high is not None else "—")
         rows.append(ChangeRow(c.cell, str(meta.get("title") or c.metric), describe(c, meta),
-                              _fmt(meta, c.a), _fmt(meta, c.b), _fmt(meta, c.delta, True),
+                              shown(meta, c.a), shown(meta, c.b), shown(meta, c.delta, True),
                               interval, c.method, c.significant, c.better))
     return DiffView(f"{d.a} → {d.b}", gauntlet.__version__, headline(d), d.changed,
                     d.counts(), rows, max(0, len(beyond) - SHOWN), d)

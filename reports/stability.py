@@ -25,8 +25,9 @@ class StabilityView:
     rows: list[StabilityRow]
 
 
-def _sd(meta: Any, sd: float) -> str:
-    return f"± {100 * sd:.1f} pts" if meta.format == "percent" else f"± {sd:.3g}"
+def format_sd(sd: float, meta: Any) -> str:
+    """A standard deviation in the metric's units: points for a percent metric."""
+    return f"{100 * sd:.1f} pts" if meta.format == "percent" else f"{sd:.3g}"
 
 
 def stability(result: Mapping[str, Any]) -> StabilityView | None:
@@ -50,7 +51,7 @@ def stability(result: Mapping[str, Any]) -> StabilityView | None:
                 ranges.append("")
                 continue
             meta = metric_meta(result, name)
-            values.append(f"{format_value(rec['value'], meta)} {_sd(meta, spread['sd'])}")
+            values.append(f"{format_value(rec['value'], meta)} ± {format_sd(spread['sd'], meta)}")
             ranges.append(format_interval(spread["low"], spread["high"], meta))
         label = cell["defense"] + (f" ({cell['defense_point']})"
                                    if cell.get("defense_point") else "")

@@ -16,6 +16,7 @@ from gauntlet import (
     ProbeOutcome,
 )
 from gauntlet.plugins import probes
+from gauntlet.plugins.datasets import load_sklearn
 from gauntlet.plugins.metrics import ProbeConfidence, TopClassShare
 from gauntlet.plugins.probes import TrashBucket, uniform_noise
 from gauntlet.plugins.torch_models import build_cnn
@@ -231,3 +232,51 @@ def test_the_shuffled_reference_is_the_plain_training_loop(digits: Dataset) -> N
     train_ordered(reference, x, y, 3, last=None, epochs=2, batch_size=32)
     for a, b in zip(plain.state_dict().values(), reference.state_dict().values()):
         assert torch.equal(a, b)
+
+
+# -- trigger scan --------------------------------------------------------------------------
+
+
+def test_the_anomaly_index_is_neural_cleanses() -> None:
+    """(median - size) / (1.4826 x MAD), by hand, for classes below the median; 0 above."""
+    from gauntlet import TriggerScanOutcome
+    from gauntlet.outcome import below_median
+
+    size = np.array([10.0, 9.0, 11.0, 12.0, 2.0, 10.5, 9.5, 11.5, 10.0, 8.0])
+    median = np.median(size)
+    mad = 1.4826 * np.median(np.abs(size - median))
+    scan = TriggerScanOutcome(size=size, reach=np.ones(10), pixels=64, rows=32)
+    expected = np.maximum((median - size) / mad, 0)
+    np.testing.assert_allclose(scan.anomaly(), expected)
+    assert scan.flagged() == [4]  # only the planted class stands out
+    assert scan.artifacts()["trigger_scan"]["flagged"] == [4]
+    # Equal sizes: nothing stands out; a floor caps how small the spread may be taken.
+    assert not below_median(np.full(5, 3.0)).any()
+    assert below_median(np.array([0.0, 0.0, 0.0, -0.1]), floor=0.05)[3] == \
+        pytest.approx(2.0)
+
+
+def test_the_scan_needs_images_and_gradients(digits_model: Model, digits: Dataset) -> None:
+    from gauntlet.plugins.probes import TriggerScan
+
+    with pytest.raises(NotApplicable, match="gradients"):
+        TriggerScan().run(digits_model.deploy(access=Access.SCORES), digits,
+                          np.random.default_rng(0))
+    tabular = load_sklearn("iris", {})
+    with pytest.raises(NotApplicable, match="image inputs"):
+        TriggerScan().run(digits_model, tabular, np.random.default_rng(0))
+
+
+def test_a_clean_model_s_triggers_all_reach_their_class(digits_model: Model,
+                                                        digits: Dataset) -> None:
+    """Every class gets a trigger reaching 90% of other classes' rows, smaller than the
+    whole input, and the outcome's metrics read it."""
+    from gauntlet.plugins.metrics import TriggerAnomaly, TriggerSize
+    from gauntlet.plugins.probes import TriggerScan
+
+    out = TriggerScan(rows=32, steps=60).run(digits_model, digits, np.random.default_rng(0))
+    assert out.rows == 32 and out.pixels == 64
+    reached = out.size < out.pixels
+    assert reached.sum() >= 8 and (out.reach[reached] >= 0.9).all()
+    assert TriggerSize().evaluate(out).value == pytest.approx(out.size.min() / 64)
+    assert TriggerAnomaly().evaluate(out).value == pytest.approx(out.anomaly().max())
